@@ -1,0 +1,41 @@
+"""Typed dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from redis import Redis
+from rq import Queue
+
+from app.problems import Problem
+from app.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_redis(request: Request) -> Redis:
+    """The connection opened by the app's lifespan."""
+    return request.app.state.redis
+
+
+RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+def get_queue(redis: RedisDep, settings: SettingsDep) -> Queue:
+    return Queue(settings.queue_name, connection=redis)
+
+
+QueueDep = Annotated[Queue, Depends(get_queue)]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """When API_KEY is set, every protected route needs the header X-API-Key (constant-time check)."""
+    if not settings.api_key:
+        return
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), settings.api_key.encode()):
+        raise Problem(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})

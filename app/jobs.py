@@ -1,0 +1,207 @@
+"""Job lifecycle on the API side: submit (with idempotency and back-pressure), view, cancel.
+
+The API enqueues job functions by dotted name (`workers.protocol.JOB_FUNCTIONS`), never
+importing them. Uploaded inputs are written to the job's storage folder before the job is
+enqueued, so the job only receives plain JSON arguments and file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from app.problems import Problem
+from app.schemas import JobBody, Progress
+from app.settings import Settings
+from workers import storage
+from workers.protocol import JOB_FUNCTIONS, JobState, cancel_key, idempotency_key, tombstone_key
+
+_RQ_TO_STATE = {
+    JobStatus.CREATED: JobState.queued,
+    JobStatus.QUEUED: JobState.queued,
+    JobStatus.DEFERRED: JobState.queued,
+    JobStatus.SCHEDULED: JobState.queued,
+    JobStatus.READY_TO_ENQUEUE: JobState.queued,
+    JobStatus.RATE_LIMITED: JobState.queued,
+    JobStatus.STARTED: JobState.running,
+    JobStatus.FINISHED: JobState.succeeded,
+    JobStatus.FAILED: JobState.failed,
+    JobStatus.STOPPED: JobState.canceled,
+    JobStatus.CANCELED: JobState.canceled,
+}
+
+
+def new_job_id() -> str:
+    """128 random bits as 32 hex characters: unguessable, and safe as a folder name."""
+    return secrets.token_hex(16)
+
+
+def _fingerprint(kind: str, params: dict[str, Any], inputs: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str).encode())
+    for name in sorted(inputs):
+        h.update(name.encode() + b"\0" + hashlib.sha256(inputs[name]).digest())
+    return h.hexdigest()
+
+
+def submit(
+    redis: Redis,
+    queue: Queue,
+    settings: Settings,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    inputs: dict[str, bytes] | None = None,
+    idem_key: str | None = None,
+    request: dict[str, Any] | None = None,
+) -> tuple[Job, bool]:
+    """Enqueue one job; returns (job, replayed). `params` must be JSON-able.
+
+    `request` is the request as the client sent it (before defaults such as a random seed were
+    filled in); the idempotency fingerprint is taken over it, so a replay matches.
+
+    With an Idempotency-Key, the first request stores key -> (job id, fingerprint of the body);
+    a repeat with the same body returns that job (replayed=True), with another body a 422.
+    """
+    inputs = inputs or {}
+    fingerprint = _fingerprint(kind, params if request is None else request, inputs)
+    job_id = new_job_id()
+    if idem_key is not None:
+        if not (1 <= len(idem_key) <= 200):
+            raise Problem(422, "invalid-idempotency-key", "Idempotency-Key must be 1 to 200 characters",
+                          errors=[{"name": "Idempotency-Key", "in": "header", "reason": "length 1..200"}])
+        record = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
+        key = idempotency_key(idem_key)
+        if not redis.set(key, record, nx=True, ex=settings.result_ttl_s):
+            existing = json.loads(redis.get(key) or "{}")
+            if existing.get("fingerprint") != fingerprint:
+                raise Problem(422, "idempotency-key-reused",
+                              "this Idempotency-Key was already used with a different request body",
+                              errors=[{"name": "Idempotency-Key", "in": "header", "reason": "reused with another body"}])
+            try:
+                return Job.fetch(existing["job_id"], connection=redis), True
+            except NoSuchJobError:
+                raise Problem(410, "job-expired", "the job created with this Idempotency-Key has expired") from None
+
+    try:
+        if queue.count >= settings.max_queue_depth:
+            raise Problem(503, "queue-full", f"the queue holds {settings.max_queue_depth} jobs already; retry later",
+                          headers={"Retry-After": "5"})
+        if inputs:
+            folder = storage.job_dir(settings.results_dir, job_id) / "inputs"
+            for name, data in inputs.items():
+                storage.write_bytes_atomic(folder / name, data)
+        now = datetime.now(timezone.utc)
+        job = queue.enqueue_call(
+            func=JOB_FUNCTIONS[kind],
+            kwargs=params | ({"inputs": sorted(inputs)} if inputs else {}),
+            job_id=job_id,
+            timeout=settings.job_timeout_s,
+            result_ttl=settings.result_ttl_s,
+            failure_ttl=settings.result_ttl_s,
+            retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+            meta={"kind": kind, "params": params, "submitted_at": now.isoformat(), "attempts": 0},
+        )
+        redis.set(tombstone_key(job_id), str(int(time.time())), ex=settings.tombstone_ttl_s)
+    except BaseException:
+        if idem_key is not None:
+            redis.delete(idempotency_key(idem_key))
+        raise
+    return job, False
+
+
+def fetch(redis: Redis, job_id: str) -> Job:
+    """The job, or a 404 (never existed / not an id) or 410 (expired) problem."""
+    if not storage.is_job_id(job_id):
+        raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
+    try:
+        return Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        if redis.exists(tombstone_key(job_id)):
+            raise Problem(410, "job-expired", f"job {job_id} has expired and its results were deleted") from None
+        raise Problem(404, "job-not-found", f"no job with id {job_id!r}") from None
+
+
+def state_of(job: Job) -> JobState:
+    status = job.get_status(refresh=False)
+    state = _RQ_TO_STATE.get(status, JobState.queued)
+    if state is JobState.succeeded:
+        result = job.return_value()
+        if isinstance(result, dict) and result.get("status") == JobState.canceled.value:
+            return JobState.canceled
+    return state
+
+
+def _error_of(job: Job, state: JobState) -> str | None:
+    if state is not JobState.failed:
+        return None
+    if job.meta.get("error"):
+        return str(job.meta["error"])
+    result = job.latest_result()
+    text = (getattr(result, "exc_string", None) or job.exc_info or "").strip()
+    if "AbandonedJobError" in text:
+        return "the worker running this job died; it was not retried (no retries left)"
+    if "JobTimeoutException" in text:
+        return "the job exceeded its time limit"
+    return text.splitlines()[-1] if text else "the job failed"
+
+
+def view(job: Job, redis: Redis, queue: Queue) -> JobBody:
+    """The client's view of a job (status, progress, position, times, results, error)."""
+    state = state_of(job)
+    meta = job.meta or {}
+    progress = meta.get("progress") if state in (JobState.running, JobState.succeeded, JobState.canceled) else None
+    position = None
+    if state is JobState.queued:
+        position = queue.get_job_position(job.id)
+    results: dict[str, str] = {}
+    result_url = None
+    if state is JobState.succeeded:
+        value = job.return_value() or {}
+        for name in value.get("files", []):
+            results[name] = f"/jobs/{job.id}/files/{name}"
+        if value.get("main"):
+            result_url = f"/jobs/{job.id}/result"
+
+    def utc(dt: datetime | None) -> datetime | None:
+        return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+    return JobBody(
+        id=job.id,
+        kind=str(meta.get("kind", "unknown")),
+        status=state,
+        progress=Progress(**progress) if progress else None,
+        queue_position=position,
+        created_at=utc(job.created_at),
+        started_at=utc(job.started_at) if state is not JobState.queued else None,
+        finished_at=utc(job.ended_at) if state.terminal else None,
+        params=meta.get("params", {}),
+        result_url=result_url,
+        results=results,
+        error=_error_of(job, state),
+        cancel_requested=bool(redis.exists(cancel_key(job.id))),
+        attempts=max(int(meta.get("attempts", 0)), 1),
+    )
+
+
+def cancel(redis: Redis, job: Job, settings: Settings) -> None:
+    """Cancel a job: a queued one at once, a running one at its next sampling step."""
+    state = state_of(job)
+    if state.terminal:
+        raise Problem(409, "job-finished", f"job {job.id} is already {state.value}")
+    redis.set(cancel_key(job.id), "1", ex=settings.result_ttl_s)
+    if state is JobState.queued:
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            pass  # canceled concurrently: fine
+    job.refresh()

@@ -1,0 +1,52 @@
+"""The FastAPI application: `create_app()` wires routers, problem handlers and the Redis lifespan.
+
+Run with ``uvicorn app.main:app`` (``make run`` does this). Importing this module must not
+import torch; a unit test guards it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from app.problems import install_problem_handlers
+from app.routers import health, jobs, mnist
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Diffusion-based image editing (DeepFloyd IF) and MNIST flow-matching generation.
+
+Every generating endpoint answers **202 Accepted** with a `Location: /jobs/{id}` header and the job
+body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled`, then download
+`GET /jobs/{id}/result`. Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+        settings.results_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        finally:
+            app.state.redis.close()
+
+    app = FastAPI(title="Diffusion inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(mnist.router)
+    return app
+
+
+app = create_app()

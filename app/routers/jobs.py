@@ -1,0 +1,72 @@
+"""Job status polling, result download and cancellation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+
+from app import jobs
+from app.deps import QueueDep, RedisDep, SettingsDep, require_api_key
+from app.problems import Problem
+from app.schemas import JobBody
+from workers import storage
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+_ERRORS = {
+    404: {"description": "no such job", "content": {"application/problem+json": {}}},
+    410: {"description": "the job expired and its results were deleted", "content": {"application/problem+json": {}}},
+}
+
+
+@router.get("/{job_id}", response_model=JobBody, summary="Poll a job", responses=_ERRORS)
+def get_job(job_id: str, redis: RedisDep, queue: QueueDep) -> JobBody:
+    return jobs.view(jobs.fetch(redis, job_id), redis, queue)
+
+
+def _file(settings, redis, job_id: str, name: str | None) -> FileResponse:
+    job = jobs.fetch(redis, job_id)
+    state = jobs.state_of(job)
+    if state.value != "succeeded":
+        raise Problem(409, "job-not-succeeded", f"job {job_id} is {state.value}; results exist only once it succeeded")
+    value = job.return_value() or {}
+    name = name if name is not None else value.get("main")
+    if not name:
+        raise Problem(404, "no-result", f"job {job_id} has no main result")
+    path = storage.result_path(settings.results_dir, job_id, name)
+    if path is None:
+        if name in value.get("files", []):
+            raise Problem(410, "result-expired", f"the result files of job {job_id} were deleted")
+        raise Problem(404, "file-not-found", f"job {job_id} has no result file {name!r}")
+    media = "image/png" if name.endswith(".png") else ("application/json" if name.endswith(".json") else "image/gif" if name.endswith(".gif") else "application/octet-stream")
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+_FILE_RESPONSES = {
+    200: {"content": {"image/png": {}}, "description": "the PNG"},
+    409: {"description": "the job has not succeeded", "content": {"application/problem+json": {}}},
+    **_ERRORS,
+}
+
+
+@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse, responses=_FILE_RESPONSES)
+def get_result(job_id: str, redis: RedisDep, settings: SettingsDep) -> FileResponse:
+    return _file(settings, redis, job_id, None)
+
+
+@router.get("/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse, responses=_FILE_RESPONSES)
+def get_file(job_id: str, name: str, redis: RedisDep, settings: SettingsDep) -> FileResponse:
+    return _file(settings, redis, job_id, name)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobBody,
+    status_code=202,
+    summary="Cancel a queued or running job",
+    responses={409: {"description": "already finished", "content": {"application/problem+json": {}}}, **_ERRORS},
+)
+def cancel_job(job_id: str, redis: RedisDep, queue: QueueDep, settings: SettingsDep) -> JobBody:
+    job = jobs.fetch(redis, job_id)
+    jobs.cancel(redis, job, settings)
+    return jobs.view(job, redis, queue)

@@ -1,0 +1,81 @@
+"""Response schemas shared by the routers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from workers.protocol import JobState
+
+
+class Progress(BaseModel):
+    step: int = Field(description="sampling steps done")
+    total: int = Field(description="sampling steps in all")
+
+
+class JobBody(BaseModel):
+    """One job as clients see it."""
+
+    id: str
+    kind: str
+    status: JobState
+    progress: Progress | None = None
+    queue_position: int | None = Field(None, description="0 = next to run; only while queued")
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    result_url: str | None = Field(None, description="the main PNG, once succeeded")
+    results: dict[str, str] = Field(default_factory=dict, description="every result file by name")
+    error: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 1
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": "3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e",
+                    "kind": "mnist_sample",
+                    "status": "succeeded",
+                    "progress": {"step": 50, "total": 50},
+                    "queue_position": None,
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "started_at": "2026-11-26T10:00:00.120Z",
+                    "finished_at": "2026-11-26T10:00:01.900Z",
+                    "params": {"digit": 7, "n": 10, "steps": 50, "guidance": 5.0, "sampler": "euler", "seed": 42},
+                    "result_url": "/jobs/3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e/result",
+                    "results": {
+                        "samples.png": "/jobs/3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e/files/samples.png",
+                        "manifest.json": "/jobs/3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e/files/manifest.json",
+                    },
+                    "error": None,
+                    "cancel_requested": False,
+                    "attempts": 1,
+                }
+            ]
+        }
+    }
+
+
+class Health(BaseModel):
+    status: str
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    state: str
+    device: str | None = None
+    models: dict[str, Any] = Field(default_factory=dict)
+    operations: list[str] = Field(default_factory=list)
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+    workers: list[WorkerInfo] = Field(default_factory=list)
+    operations: list[str] = Field(default_factory=list, description="what at least one live worker can serve")
+    queue_depth: int | None = None
+    detail: str | None = None

@@ -1,0 +1,72 @@
+"""Service settings: one pydantic-settings class behind a cached `get_settings()`.
+
+Every value comes from an environment variable of the same name in upper case (or a `.env`
+file in the working directory); `.env.example` documents them all. The API process and the
+worker process read the same class, so they always agree on Redis, queue and storage.
+This module must not import torch (the API process stays small).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = PROJECT_ROOT / "models" / "checkpoints"
+
+
+class Settings(BaseSettings):
+    """All tunables of the API and the worker."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- infrastructure -------------------------------------------------------------------
+    redis_url: str = "redis://localhost:6379/0"
+    queue_name: str = "inference"
+    results_dir: Path = PROJECT_ROOT / "var" / "results"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # --- job lifecycle --------------------------------------------------------------------
+    job_timeout_s: int = Field(600, ge=1, description="hard limit for one job's run time")
+    job_retries: int = Field(1, ge=0, le=5, description="re-runs of a job whose worker died")
+    result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results stay downloadable")
+    tombstone_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an expired id answers 410")
+    max_queue_depth: int = Field(1000, ge=1, description="queued jobs beyond which submits get 503")
+    worker_heartbeat_s: int = Field(5, ge=1, description="worker liveness heartbeat while a job runs")
+    worker_dead_after_s: int = Field(30, ge=3, description="a running job without heartbeat for this long is abandoned")
+    worker_maintenance_s: int = Field(15, ge=1, description="how often workers look for abandoned jobs")
+
+    # --- security -------------------------------------------------------------------------
+    api_key: str | None = Field(None, description="if set, every request except health checks needs X-API-Key")
+
+    # --- limits ---------------------------------------------------------------------------
+    max_n: int = Field(100, ge=1)
+    max_steps: int = Field(500, ge=1)
+    max_guidance: float = Field(30.0, gt=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=64 * 64)
+    max_prompt_chars: int = Field(500, ge=1)
+
+    # --- models ---------------------------------------------------------------------------
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    mnist_time_checkpoint: Path = CHECKPOINT_DIR / "mnist_time_fm.safetensors"
+    mnist_class_checkpoint: Path = CHECKPOINT_DIR / "mnist_class_fm.safetensors"
+    if_enabled: bool = Field(False, description="load DeepFloyd IF in the worker")
+    if_stage1_model: str = "DeepFloyd/IF-I-XL-v1.0"
+    if_stage2_model: str | None = Field("DeepFloyd/IF-II-L-v1.0", description="empty disables upscaling")
+    if_variant: str = Field("auto", description="'auto' = fp16 on CUDA, none on CPU")
+    if_text_encoder_device: str | None = Field(None, description="where T5 runs; default the worker device")
+    if_embedding_cache_dir: Path | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

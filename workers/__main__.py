@@ -1,0 +1,78 @@
+"""Worker entry point: ``python -m workers``.
+
+Reads the settings, loads the resident models once, publishes what it can serve (for
+/readyz and the API's 503 answers), sweeps expired results, then runs the no-fork worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import threading
+
+from redis import Redis
+from rq import Queue
+
+from app.settings import get_settings  # the one settings class, shared with the API
+from workers import registry as model_registry
+from workers.protocol import capabilities_key
+from workers.storage import sweep_expired
+from workers.worker import ResidentWorker
+
+log = logging.getLogger("workers")
+
+
+def _sweeper(results_dir, max_age_s: float, stop: threading.Event, every_s: float = 600) -> None:
+    while True:
+        try:
+            sweep_expired(results_dir, max_age_s)
+        except Exception:  # noqa: BLE001
+            log.warning("result sweep failed", exc_info=True)
+        if stop.wait(every_s):
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one resident-model RQ worker.")
+    parser.add_argument("--name", default=None, help="worker name (default host:pid)")
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+
+    registry = model_registry.build_registry(settings)
+    model_registry.install(registry, results_dir=settings.results_dir)
+    if not registry.operations():
+        log.error("no model could be loaded; this worker serves nothing (see errors above)")
+
+    redis = Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue_name, connection=redis)
+    name = args.name or f"{socket.gethostname()}:{os.getpid()}"
+    worker = ResidentWorker(
+        [queue],
+        name=name,
+        connection=redis,
+        heartbeat_s=settings.worker_heartbeat_s,
+        dead_after_s=settings.worker_dead_after_s,
+        maintenance_interval=settings.worker_maintenance_s,
+        default_result_ttl=settings.result_ttl_s,
+    )
+    redis.hset(capabilities_key(), name, json.dumps(registry.describe()))
+    stop = threading.Event()
+    threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, stop), daemon=True).start()
+    log.info("worker %s ready on queue %r with %s", name, settings.queue_name, registry.operations())
+    try:
+        worker.work(burst=args.burst, with_scheduler=False, logging_level=settings.log_level)
+    finally:
+        stop.set()
+        redis.hdel(capabilities_key(), name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
