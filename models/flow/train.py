@@ -1,0 +1,152 @@
+"""Train a MNIST UNet from the command line; one run folder per run.
+
+    python -m models.flow.train --objective class --out runs/class_fm
+    python -m models.flow.train --objective time --epochs 10 --out runs/time_fm
+    python -m models.flow.train --objective denoise --out runs/denoiser            # sigma 0.5, D=128
+    python -m models.flow.train --objective denoise --pure-noise --out runs/avg     # "average digit"
+
+The run folder holds ``model.safetensors`` + ``model.json`` (rebuilds the network alone; also
+records the command, the config, per-epoch losses and times), ``loss.png``, ``losses.json``,
+``train_config.json`` and sample grids after epoch 1, epoch 5 and the last epoch
+(``samples_epoch001.png`` ...). Data: every IDX pair in ``--data`` (default ``../shared/data/mnist``
+relative to the project root), shuffled with the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_model
+from .data import DEFAULT_MIRROR, load_all
+from .objectives import add_noise
+from .pngio import save_grid, save_loss_curve
+from .sampling import generate
+from .training import EpochResult, TrainConfig, train
+from .unet import FlowUNet
+
+logger = logging.getLogger("models.flow.train")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def pick_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample_grid(model: FlowUNet, objective: str, fixed: torch.Tensor, seed: int, sigma: float) -> tuple[torch.Tensor, int]:
+    """Images for a progress grid and its column count.
+
+    time: 40 unguided samples; class: 4 rows of digits 0..9 (guidance 5, 50 Euler steps);
+    denoise: rows of (clean, noisy, denoised) for 10 fixed digits.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if objective == "time":
+        return generate(model, n=40, digits=None, generator=g), 10
+    if objective == "class":
+        return generate(model, n=40, digits=list(range(10)) * 4, generator=g), 10
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        x = fixed.to(device)
+        noisy = add_noise(x, sigma, generator=torch.Generator(device=device).manual_seed(seed))
+        out = model(noisy).clamp(0, 1)
+    model.train(was)
+    return torch.cat([x, noisy.clamp(0, 1), out]), 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objective", choices=["denoise", "time", "class"], default="time")
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="folder with MNIST IDX files (gzip)")
+    p.add_argument("--download", action="store_true", help="fetch the four official files into --data first")
+    p.add_argument("--mirror", default=DEFAULT_MIRROR, help="URL prefix for --download")
+    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--epochs", type=int, help="default: 5 (denoise) / 10 (flow)")
+    p.add_argument("--batch-size", type=int, help="default: 256 (denoise) / 64 (flow)")
+    p.add_argument("--lr", type=float, help="default: 1e-4 (denoise) / 1e-2 (flow)")
+    p.add_argument("--hidden", type=int, help="UNet width D; default 128 (denoise) / 64 (flow)")
+    p.add_argument("--scheduler", choices=["exponential", "none"], default="exponential",
+                   help="'none' = AdamW at lr/10, constant (the seed's ablation)")
+    p.add_argument("--gamma", type=float, help="ExponentialLR gamma; default 0.1 ** (1/epochs)")
+    p.add_argument("--sigma", type=float, default=0.5, help="denoiser training noise level")
+    p.add_argument("--pure-noise", action="store_true", help="denoiser on pure noise (average digit)")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="class dropout probability (CFG)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
+    p.add_argument("--sample-epochs", default="1,5,last", help="epochs after which to write sample grids")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    split = load_all(args.data, download=args.download, mirror=args.mirror)
+    logger.info("data %s from %s: %d images", split.name, args.data, split.images.shape[0])
+    cfg = TrainConfig(
+        objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        num_hiddens=args.hidden, scheduler=args.scheduler, gamma=args.gamma, sigma=args.sigma,
+        pure_noise=args.pure_noise, p_uncond=args.p_uncond, seed=args.seed, bf16=args.bf16,
+        channels_last=args.channels_last, max_steps=args.max_steps,
+    ).resolved()
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    assert cfg.epochs is not None
+    wanted = {cfg.epochs if s.strip() == "last" else int(s) for s in args.sample_epochs.split(",") if s.strip()}
+    fixed = split.images[torch.randperm(split.images.shape[0], generator=torch.Generator().manual_seed(1))[:10]]
+    command = "python -m models.flow.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    history: list[dict[str, float]] = []
+
+    def on_epoch_end(model: FlowUNet, er: EpochResult) -> None:
+        history.append(asdict(er))
+        if er.epoch in wanted or (cfg.max_steps is not None):
+            imgs, ncols = sample_grid(model, cfg.objective, fixed, args.seed, cfg.sigma)
+            save_grid(imgs, ncols, out / f"samples_epoch{er.epoch:03d}.png")
+
+    t0 = time.perf_counter()
+    result = train(cfg, split.images, split.labels, device=device, on_epoch_end=on_epoch_end,
+                   progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    metadata = {
+        "command": command,
+        "data": f"{args.data} ({split.name}, {split.images.shape[0]} images)",
+        "train_config": asdict(cfg),
+        "epochs": history,
+        "wall_seconds": round(wall, 1),
+        "device": str(device),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                   f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+    }
+    save_model(result.model, result.unet_config, out / "model.safetensors", metadata=metadata)
+    (out / "losses.json").write_text(json.dumps(result.losses) + "\n")
+    save_loss_curve(result.losses, out / "loss.png", title=f"{cfg.objective}: per-step training loss")
+    logger.info("done in %.1fs: %s", wall, out / "model.safetensors")
+    return out
+
+
+if __name__ == "__main__":
+    main()
