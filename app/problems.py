@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "error")
         headers = dict(exc.headers or {})
         return problem_response(Problem(exc.status_code, slug, detail, headers=headers), request)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
+        problem = Problem(503, "queue-unavailable", "the job queue (Redis) is unreachable; retry shortly",
+                          headers={"Retry-After": "5"})
+        return problem_response(problem, request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -67,7 +67,7 @@ def result_path(results_dir: Path, job_id: str, name: str) -> Path | None:
     manifest = read_manifest(folder)
     if manifest is None or not FILE_NAME_RE.fullmatch(name):
         return None
-    if name not in manifest.get("files", {}):
+    if name != MANIFEST and name not in manifest.get("files", {}):
         return None
     path = folder / name
     return path if path.is_file() else None

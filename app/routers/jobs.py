@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 
 from app import jobs
@@ -10,6 +12,9 @@ from app.deps import QueueDep, RedisDep, SettingsDep, require_api_key
 from app.problems import Problem
 from app.schemas import JobBody
 from workers import storage
+
+JobId = Annotated[str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])]
+FileName = Annotated[str, Path(description="a name from the job's `results`", examples=["samples.png"])]
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -20,7 +25,7 @@ _ERRORS = {
 
 
 @router.get("/{job_id}", response_model=JobBody, summary="Poll a job", responses=_ERRORS)
-def get_job(job_id: str, redis: RedisDep, queue: QueueDep) -> JobBody:
+def get_job(job_id: JobId, redis: RedisDep, queue: QueueDep) -> JobBody:
     return jobs.view(jobs.fetch(redis, job_id), redis, queue)
 
 
@@ -50,12 +55,12 @@ _FILE_RESPONSES = {
 
 
 @router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse, responses=_FILE_RESPONSES)
-def get_result(job_id: str, redis: RedisDep, settings: SettingsDep) -> FileResponse:
+def get_result(job_id: JobId, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, None)
 
 
 @router.get("/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse, responses=_FILE_RESPONSES)
-def get_file(job_id: str, name: str, redis: RedisDep, settings: SettingsDep) -> FileResponse:
+def get_file(job_id: JobId, name: FileName, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, name)
 
 
@@ -66,7 +71,7 @@ def get_file(job_id: str, name: str, redis: RedisDep, settings: SettingsDep) -> 
     summary="Cancel a queued or running job",
     responses={409: {"description": "already finished", "content": {"application/problem+json": {}}}, **_ERRORS},
 )
-def cancel_job(job_id: str, redis: RedisDep, queue: QueueDep, settings: SettingsDep) -> JobBody:
+def cancel_job(job_id: JobId, redis: RedisDep, queue: QueueDep, settings: SettingsDep) -> JobBody:
     job = jobs.fetch(redis, job_id)
     jobs.cancel(redis, job, settings)
     return jobs.view(job, redis, queue)

@@ -40,7 +40,7 @@ def mnist_sample(
     n: Annotated[int, Query(ge=1, description="how many digits (at most MAX_N, default 100)", examples=[10])] = 10,
     steps: Annotated[int, Query(ge=1, description="ODE solver steps", examples=[50])] = 50,
     guidance: Annotated[float, Query(ge=0, description="classifier-free guidance scale w (class model)", examples=[5.0])] = 5.0,
-    sampler: Annotated[Sampler, Query(description="ODE solver")] = Sampler.euler,
+    sampler: Annotated[Sampler, Query(description="ODE solver", examples=["euler"])] = Sampler.euler,
     seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, same PNG", examples=[42])] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:

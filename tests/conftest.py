@@ -1,0 +1,64 @@
+"""Shared fixtures: a real Redis for the session, small MNIST checkpoints, service stacks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import RedisServer, Stack
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Small random-weight time- and class-conditioned checkpoints (D=8), written with the real saver."""
+    import torch
+
+    from models.flow.checkpoint import save_model
+    from models.flow.unet import UNetConfig, build_model
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for i, kind in enumerate(("time", "class")):
+        torch.manual_seed(i)
+        config = UNetConfig(conditioning=kind, num_hiddens=8)
+        path = folder / f"mnist_{kind}_fm.safetensors"
+        save_model(build_model(config).eval(), config, path)
+        out[f"MNIST_{kind.upper()}_CHECKPOINT"] = str(path)
+    return out
+
+
+@pytest.fixture
+def make_stack(redis_server: RedisServer, mnist_checkpoints: dict[str, str], tmp_path: Path):
+    """Factory: make_stack(**env) -> a started API (workers are started by the test)."""
+    stacks: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        folder = tmp_path / f"stack{len(stacks)}"
+        folder.mkdir()
+        stack = Stack(redis_server.url, {**mnist_checkpoints, **env}, folder)
+        stacks.append(stack)
+        return stack.start_api()
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture
+def stack(make_stack) -> Stack:
+    """An API plus one worker, on small MNIST checkpoints."""
+    s = make_stack()
+    s.start_worker()
+    return s
