@@ -23,7 +23,14 @@ from app.problems import Problem
 from app.schemas import JobBody, Progress
 from app.settings import Settings
 from workers import storage
-from workers.protocol import JOB_FUNCTIONS, JobState, cancel_key, idempotency_key, tombstone_key
+from workers.protocol import (
+    JOB_FUNCTIONS,
+    JobState,
+    cancel_key,
+    capabilities_key,
+    idempotency_key,
+    tombstone_key,
+)
 
 _RQ_TO_STATE = {
     JobStatus.CREATED: JobState.queued,
@@ -53,6 +60,27 @@ def _fingerprint(kind: str, params: dict[str, Any], inputs: dict[str, bytes]) ->
     return h.hexdigest()
 
 
+def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
+    """503 when live workers exist but none of them can serve `kind` (its model failed to load
+    or is not configured). With no live worker at all the job is accepted and waits in the queue,
+    so a restarting worker loses nothing."""
+    from rq import Worker
+
+    workers = Worker.all(queue=queue)
+    if not workers:
+        return
+    caps = redis.hgetall(capabilities_key())
+    reasons: set[str] = set()
+    for worker in workers:
+        info = json.loads(caps.get(worker.name.encode(), b"{}") or b"{}")
+        if kind in info.get("operations", []):
+            return
+        reasons.update(f"{model}: {err}" for model, err in info.get("errors", {}).items())
+    hint = "; ".join(sorted(reasons)) or "no worker has the model for this operation configured"
+    raise Problem(503, "operation-unavailable", f"no live worker can serve {kind}: {hint}",
+                  headers={"Retry-After": "30"})
+
+
 def submit(
     redis: Redis,
     queue: Queue,
@@ -72,6 +100,7 @@ def submit(
     With an Idempotency-Key, the first request stores key -> (job id, fingerprint of the body);
     a repeat with the same body returns that job (replayed=True), with another body a 422.
     """
+    ensure_servable(redis, queue, kind)
     inputs = inputs or {}
     fingerprint = _fingerprint(kind, params if request is None else request, inputs)
     job_id = new_job_id()

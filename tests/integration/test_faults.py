@@ -59,3 +59,18 @@ def test_200_concurrent_submissions_none_lost(stack: Stack) -> None:
     assert not pending, f"{len(pending)} jobs never finished"
     statuses = {stack.job(j)["status"] for j in ids}
     assert statuses == {"succeeded"}
+
+
+def test_missing_checkpoint_worker_keeps_running_and_api_answers_503(make_stack, tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint")
+    stack = make_stack(MNIST_CLASS_CHECKPOINT=str(tmp_path / "missing.safetensors"), MNIST_TIME_CHECKPOINT=str(corrupt))
+    worker = stack.start_worker()
+    ready = stack.client.get("/readyz").json()
+    assert ready["operations"] == []
+    r = stack.client.post("/mnist/sample", params={"digit": 3})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    assert "mnist_class" in r.json()["detail"] and "missing.safetensors" in r.json()["detail"]
+    assert worker.poll() is None  # no crash loop: the worker stays up and reports the reason
+    log = (stack.tmp / f"{worker.worker_name}.log").read_text()
+    assert "Traceback" not in log and "could not load mnist_class" in log

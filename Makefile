@@ -1,0 +1,23 @@
+# The three commands of the README: setup, test, run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test run worker api bench-flow clean
+
+setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, newman)
+	bash scripts/setup.sh
+
+test:             ## run the whole test suite (starts its own redis-server, workers and API)
+	$(PY) -m pytest -q
+
+run:              ## start Redis (if none answers at REDIS_URL), the API and one worker; Ctrl-C stops all
+	bash scripts/run.sh
+
+api:
+	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+worker:
+	$(PY) -m workers
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-shot setup on a fresh Debian machine: system packages, the virtualenv, Python and npm deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+# torch is pinned so that this machine takes its local CPU build; CUDA images bring their own.
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} with apt-get"
+  apt_install "${missing[@]}"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+
+if [ -f package.json ]; then
+  npm install --no-audit --no-fund --silent
+fi
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3))"
