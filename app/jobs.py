@@ -76,6 +76,9 @@ def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
         if kind in info.get("operations", []):
             return
         reasons.update(f"{model}: {err}" for model, err in info.get("errors", {}).items())
+    if not reasons and kind.startswith("if_"):
+        reasons.add("DeepFloyd IF is not enabled on any worker (set IF_ENABLED=true, IF_STAGE1_MODEL and, "
+                    "for upscale, IF_STAGE2_MODEL in the worker's environment)")
     hint = "; ".join(sorted(reasons)) or "no worker has the model for this operation configured"
     raise Problem(503, "operation-unavailable", f"no live worker can serve {kind}: {hint}",
                   headers={"Retry-After": "30"})

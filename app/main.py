@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from redis import Redis
 
 from app.problems import install_problem_handlers
-from app.routers import health, jobs, mnist
+from app.routers import diffusion, health, jobs, mnist
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(mnist.router)
+    app.include_router(diffusion.router)
     return app
 
 

@@ -13,6 +13,7 @@ from workers.protocol import JobState
 class Progress(BaseModel):
     step: int = Field(description="sampling steps done")
     total: int = Field(description="sampling steps in all")
+    stage: str | None = Field(None, description="for DeepFloyd jobs: 'I' (64x64) or 'II' (upscale)")
 
 
 class JobBody(BaseModel):

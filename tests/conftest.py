@@ -62,3 +62,17 @@ def stack(make_stack) -> Stack:
     s = make_stack()
     s.start_worker()
     return s
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random-weight IF stage I and II pipelines, written by the project's builder; the worker loads
+    them through the same `from_pretrained` path as the real DeepFloyd ids."""
+    from models.diffusion.tiny import build_tiny_if, build_tiny_if_stage2
+
+    root = tmp_path_factory.mktemp("tiny-if")
+    return {
+        "IF_ENABLED": "true",
+        "IF_STAGE1_MODEL": str(build_tiny_if(root / "stage1")),
+        "IF_STAGE2_MODEL": str(build_tiny_if_stage2(root / "stage2")),
+    }

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def to_uint8(image: torch.Tensor, *, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -37,3 +37,31 @@ def gif_bytes(frames: list[torch.Tensor], *, value_range: tuple[float, float] = 
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)
     return buf.getvalue()
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """An uploaded PNG/JPEG/WebP (already validated by the API) -> (1, 3, H, W) float in [-1, 1].
+
+    EXIF orientation is applied (phone photos); transparency is composited on white (drawings).
+    """
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def decode_mask(data: bytes) -> torch.Tensor:
+    """An uploaded mask -> (1, 1, H, W) float in {0, 1}, 1 = generate.
+
+    Thresholding: a pixel is 1 when its luminance is >= 128 and, if the mask has an alpha channel,
+    its alpha is >= 128 too (white and opaque = generate; black or transparent = keep).
+    """
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    lum = np.asarray(image.convert("L"), dtype=np.uint8) >= 128
+    if has_alpha:
+        lum &= np.asarray(image.convert("RGBA"), dtype=np.uint8)[:, :, 3] >= 128
+    return torch.from_numpy(lum.astype(np.float32)).unsqueeze(0).unsqueeze(0)

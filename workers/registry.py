@@ -59,6 +59,8 @@ class ModelRegistry:
             ops += MNIST_OPERATIONS
         if "if_stage1" in self.models:
             ops += IF_OPERATIONS
+            if "if_stage2" in self.models:
+                ops.append("if_upscale")
         return ops
 
     def describe(self) -> dict[str, Any]:
@@ -144,7 +146,8 @@ def load_if(registry: ModelRegistry, settings: Any) -> None:
             embedding_cache_dir=str(settings.if_embedding_cache_dir) if settings.if_embedding_cache_dir else None,
         )
         registry.models["if_stage1"] = LoadedModel(
-            stage1, settings.if_stage1_model, time.perf_counter() - t0, {"image_size": stage1.image_size}
+            stage1, settings.if_stage1_model, time.perf_counter() - t0,
+            {"image_size": stage1.image_size, "dtype": str(stage1.dtype).removeprefix("torch.")},
         )
     except Exception as exc:  # noqa: BLE001
         registry.errors["if_stage1"] = f"{type(exc).__name__}: {exc}"
@@ -153,8 +156,12 @@ def load_if(registry: ModelRegistry, settings: Any) -> None:
     if settings.if_stage2_model:
         try:
             t0 = time.perf_counter()
-            stage2 = if_engine.load_stage2(settings.if_stage2_model, device=registry.device, variant=settings.if_variant)
-            registry.models["if_stage2"] = LoadedModel(stage2, settings.if_stage2_model, time.perf_counter() - t0)
+            stage2 = if_engine.load_stage2(
+                settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
+            )
+            registry.models["if_stage2"] = LoadedModel(
+                stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
+            )
         except Exception as exc:  # noqa: BLE001
             registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
             log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)

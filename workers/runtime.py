@@ -49,14 +49,18 @@ class JobContext:
         if self.redis is not None and self.redis.exists(cancel_key(self.job_id)):
             raise JobCanceled(self.job_id)
 
-    def progress(self, step: int, total: int, *_: Any) -> None:
+    def progress(self, step: int, total: int, *_: Any, stage: str | None = None) -> None:
         """Per-step callback for the samplers: records progress, raises JobCanceled on cancel."""
         self.check_canceled()
         now = time.monotonic()
         if self.job is not None and (step >= total or now - self._last_progress >= PROGRESS_MIN_INTERVAL_S):
             self._last_progress = now
-            self.job.meta["progress"] = {"step": int(step), "total": int(total)}
+            self.job.meta["progress"] = {"step": int(step), "total": int(total)} | ({"stage": stage} if stage else {})
             self.job.save_meta()
+
+    def stage_progress(self, stage: str) -> Callable[..., None]:
+        """The callback for one stage of a multi-stage job (progress carries the stage name)."""
+        return lambda step, total, *rest: self.progress(step, total, stage=stage)
 
     def input_bytes(self, name: str) -> bytes:
         """An upload that the API stored with the job."""

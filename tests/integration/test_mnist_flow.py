@@ -27,7 +27,7 @@ def test_every_digit_end_to_end(stack: Stack) -> None:
         assert r.json()["status"] in ("queued", "running", "succeeded")
         body = stack.wait_terminal(r.json()["id"], 60)
         assert body["status"] == "succeeded", (body, stack.logs())
-        assert body["progress"] == {"step": 4, "total": 4}
+        assert (body["progress"]["step"], body["progress"]["total"]) == (4, 4)
         assert body["params"]["digit"] == digit and body["params"]["seed"] == 1
         assert body["started_at"] and body["finished_at"] and body["created_at"]
         img = _png(stack, body)

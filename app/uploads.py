@@ -1,0 +1,83 @@
+"""Validation of uploaded images and masks, before anything is enqueued (PIL only, no torch).
+
+Accepted: PNG, JPEG and WebP, identified by their content (not the file name or the declared type).
+
+| problem | status | type |
+| --- | --- | --- |
+| empty file, truncated or corrupt image | 422 | urn:problem:invalid-image |
+| another format (GIF, BMP, text, ...) | 415 | urn:problem:unsupported-image-type |
+| more bytes than MAX_UPLOAD_BYTES | 413 | urn:problem:upload-too-large |
+| more pixels than MAX_IMAGE_PIXELS (decompression bombs) | 413 | urn:problem:image-too-large |
+| smaller than 8x8 | 422 | urn:problem:invalid-image |
+| a mask whose size differs from the image's | 422 | urn:problem:mask-size-mismatch |
+
+Every problem names the form field in `errors[0].name`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from fastapi import UploadFile
+from PIL import Image, UnidentifiedImageError
+
+from app.problems import Problem
+from app.settings import Settings
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    field: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def _problem(status: int, slug: str, field: str, reason: str) -> Problem:
+    return Problem(status, slug, f"{field}: {reason}", errors=[{"name": field, "in": "body", "reason": reason}])
+
+
+async def read_image(upload: UploadFile, field: str, settings: Settings) -> CheckedImage:
+    """Read and fully decode one upload; raise the documented 4xx problem on any defect."""
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise _problem(413, "upload-too-large", field, f"larger than {settings.max_upload_bytes} bytes")
+    if not data:
+        raise _problem(422, "invalid-image", field, "the file is empty")
+    return check_image(data, field, settings)
+
+
+def check_image(data: bytes, field: str, settings: Settings) -> CheckedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(FORMATS))
+            width, height = image.size
+            if width * height > settings.max_image_pixels:
+                raise _problem(413, "image-too-large", field,
+                               f"{width}x{height} is more than {settings.max_image_pixels} pixels")
+            image.load()  # decodes everything: catches truncated and corrupt files
+    except Problem:
+        raise
+    except UnidentifiedImageError:
+        raise _problem(415, "unsupported-image-type", field, "not a PNG, JPEG or WebP image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _problem(413, "image-too-large", field, "too many pixels (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _problem(422, "invalid-image", field, f"truncated or corrupt image ({exc})") from None
+    if min(width, height) < MIN_SIDE:
+        raise _problem(422, "invalid-image", field, f"{width}x{height} is smaller than {MIN_SIDE}x{MIN_SIDE}")
+    return CheckedImage(field, data, str(image.format), width, height, image.mode)
+
+
+def check_mask_matches(mask: CheckedImage, image: CheckedImage) -> None:
+    if (mask.width, mask.height) != (image.width, image.height):
+        raise _problem(422, "mask-size-mismatch", mask.field,
+                       f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}")

@@ -1,0 +1,134 @@
+"""Upload validation of the DeepFloyd endpoints (API alone, real Redis): every bad upload gets its 4xx."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.routers.diffusion import VIEW_NAMES
+from app.settings import Settings
+from tests.images import gradient, half_mask, noise
+
+
+@pytest.fixture
+def client(redis_server, tmp_path):
+    s = Settings(redis_url=redis_server.url, queue_name=f"up-{uuid.uuid4().hex[:8]}", results_dir=tmp_path,
+                 max_upload_bytes=200_000, max_image_pixels=1_000_000)
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+def _problem(r, status: int, field: str, slug: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["errors"][0]["name"] == field, body
+    if slug:
+        assert body["type"] == f"urn:problem:{slug}"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_accepted_formats(client, fmt) -> None:
+    r = client.post("/sdedit", files={"image": ("x", gradient(fmt=fmt), "application/octet-stream")},
+                    data={"prompt": "a photo", "i_start": "5"})
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["i_start"] == 5 and r.json()["kind"] == "if_sdedit"
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def _huge_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")  # compresses to a few KB, 4 MP when decoded
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data,status,slug",
+    [
+        (b"", 422, "invalid-image"),
+        (b"hello, not an image", 415, "unsupported-image-type"),
+        (_gif(), 415, "unsupported-image-type"),
+        (noise()[: len(noise()) // 2], 422, "invalid-image"),  # truncated PNG
+        (noise(fmt="JPEG")[: len(noise(fmt="JPEG")) // 2], 422, "invalid-image"),  # truncated JPEG
+        (noise(fmt="WEBP")[: len(noise(fmt="WEBP")) // 2], 422, "invalid-image"),  # truncated WebP
+        (gradient(4, 4), 422, "invalid-image"),  # too small
+        (bytes(300_000), 413, "upload-too-large"),
+        (_huge_png(), 413, "image-too-large"),
+    ],
+)
+def test_bad_uploads(client, data, status, slug) -> None:
+    r = client.post("/sdedit", files={"image": ("x.png", data, "image/png")}, data={"prompt": "p"})
+    _problem(r, status, "image", slug)
+    r = client.post("/inpaint", files={"image": ("a.png", gradient(), "image/png"), "mask": ("m.png", data, "image/png")},
+                    data={"prompt": "p"})
+    _problem(r, status, "mask", slug)
+
+
+def test_missing_file_and_mask_mismatch(client) -> None:
+    _problem(client.post("/sdedit", data={"prompt": "p"}), 422, "image")
+    r = client.post("/inpaint", files={"image": ("a.png", gradient(48, 40), "image/png"),
+                                       "mask": ("m.png", half_mask(40, 40), "image/png")})
+    _problem(r, 422, "mask", "mask-size-mismatch")
+    ok = client.post("/inpaint", files={"image": ("a.png", gradient(48, 40), "image/png"),
+                                        "mask": ("m.png", half_mask(48, 40, "RGBA"), "image/png")})
+    assert ok.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "path,data,field",
+    [
+        ("/sample", {"prompt": ""}, "prompt"),
+        ("/sample", {"prompt": "   "}, "prompt"),
+        ("/sample", {"prompt": "x" * 501}, "prompt"),
+        ("/sample", {"prompt": "a", "guidance": "-1"}, "guidance"),
+        ("/sample", {"prompt": "a", "guidance": "1000"}, "guidance"),
+        ("/sample", {"prompt": "a", "seed": "-1"}, "seed"),
+        ("/sample", {"prompt": "a", "upscale": "maybe"}, "upscale"),
+        ("/sample", {}, "prompt"),
+        ("/anagram", {"prompts": ["only one"]}, "prompts"),
+        ("/anagram", {"prompts": ["a", "b"], "views": ["identity", "spin"]}, "views"),
+        ("/anagram", {"prompts": ["a", "b"], "views": ["identity"]}, "views"),
+        ("/anagram", {"prompts": ["a", "b", "c"]}, "views"),
+        ("/hybrid", {"prompt_low": "a", "prompt_high": "b", "kernel_size": "32"}, "kernel_size"),
+        ("/hybrid", {"prompt_low": "a", "prompt_high": "b", "sigma": "0"}, "sigma"),
+        ("/hybrid", {"prompt_low": "a"}, "prompt_high"),
+    ],
+)
+def test_bad_form_fields(client, path, data, field) -> None:
+    _problem(client.post(path, data=data), 422, field)
+
+
+@pytest.mark.parametrize("data,field", [({"t": "1000"}, "t"), ({"t": "-1"}, "t"), ({"method": "magic"}, "method")])
+def test_bad_denoise_fields(client, data, field) -> None:
+    r = client.post("/denoise", files={"image": ("a.png", gradient(), "image/png")}, data=data)
+    _problem(r, 422, field)
+
+
+def test_sdedit_i_start_range(client) -> None:
+    for bad in ("-1", "34", "ten"):
+        r = client.post("/sdedit", files={"image": ("a.png", gradient(), "image/png")}, data={"i_start": bad})
+        _problem(r, 422, "i_start")
+
+
+def test_anagram_defaults_and_hybrid_defaults(client) -> None:
+    r = client.post("/anagram", data={"prompts": ["a campfire", "an old man"]})
+    assert r.status_code == 202 and r.json()["params"]["views"] == ["identity", "flip_vertical"]
+    r = client.post("/hybrid", data={"prompt_low": "a skull", "prompt_high": "a waterfall"})
+    assert r.status_code == 202
+    assert (r.json()["params"]["kernel_size"], r.json()["params"]["sigma"], r.json()["params"]["guidance"]) == (33, 2.0, 7.0)
+
+
+def test_view_names_match_the_engine() -> None:
+    from models.diffusion.views import VIEWS
+
+    assert tuple(sorted(VIEWS)) == VIEW_NAMES
