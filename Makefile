@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test run worker api bench-flow clean
+.PHONY: setup test run postman worker api clean
 
 setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, newman)
 	bash scripts/setup.sh
@@ -12,6 +12,9 @@ test:             ## run the whole test suite (starts its own redis-server, work
 
 run:              ## start Redis (if none answers at REDIS_URL), the API and one worker; Ctrl-C stops all
 	bash scripts/run.sh
+
+postman:          ## run the Postman collection with newman against a fresh service (tiny IF pipeline)
+	bash scripts/postman.sh
 
 api:
 	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}

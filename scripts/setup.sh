@@ -30,6 +30,6 @@ fi
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 
 if [ -f package.json ]; then
-  npm install --no-audit --no-fund --silent
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; else npm install --no-audit --no-fund --silent; fi
 fi
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3))"

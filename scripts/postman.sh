@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the Postman collection with newman against a live service: its own redis-server, one worker
+# with the shipped MNIST checkpoints and the tiny random-weight IF pipelines (stage I and II), and the
+# API. Exits non-zero when any request or test of the collection fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${VENV:-.venv}/bin/python
+WORK=$(mktemp -d /tmp/postman-run.XXXXXX)
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+REDIS_PORT=$(free_port)
+API_PORT=$(free_port)
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+"$PY" -m models.diffusion.tiny "$WORK/if-stage1" --stage2 "$WORK/if-stage2" >/dev/null
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+pids+=($!)
+
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" RESULTS_DIR="$WORK/results" PORT="$API_PORT" \
+       IF_ENABLED=true IF_STAGE1_MODEL="$WORK/if-stage1" IF_STAGE2_MODEL="$WORK/if-stage2" OMP_NUM_THREADS=1
+"$PY" -m workers --name postman-worker >"$WORK/worker.log" 2>&1 &
+pids+=($!)
+"$PY" -m uvicorn app.main:app --host 127.0.0.1 --port "$API_PORT" --log-level warning >"$WORK/api.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 300); do
+  if curl -sf "http://127.0.0.1:$API_PORT/readyz" | grep -q if_sdedit; then break; fi
+  sleep 0.2
+done
+if ! curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null; then
+  echo "postman: the service did not become ready; logs in $WORK" >&2
+  tail -n 30 "$WORK"/*.log >&2
+  exit 1
+fi
+
+npx --no-install newman run postman/collection.json -e postman/environment.json --working-dir postman \
+  --env-var "baseUrl=http://127.0.0.1:$API_PORT" --bail failure --color off
