@@ -28,7 +28,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "an upload is not PNG, JPEG or WebP", "content": {"application/problem+json": {}}},
 }
 
-Prompt = Annotated[str, Form(min_length=1, description="text prompt", examples=["an oil painting of a snowy mountain village"])]
+Prompt = Annotated[str, Form(min_length=1, pattern=r"\S", description="text prompt (not blank)", examples=["an oil painting of a snowy mountain village"])]
 Guidance = Annotated[float, Form(ge=0, description="classifier-free guidance scale", examples=[7.0])]
 Seed = Annotated[int | None, Form(ge=0, le=MAX_SEED, description="same seed, same PNG", examples=[42])]
 Upscale = Annotated[bool, Form(description="also upscale to 256x256 with stage II", examples=[False])]
@@ -91,7 +91,7 @@ async def if_inpaint(redis: RedisDep, queue: QueueDep, settings: SettingsDep, im
 
 @router.post("/anagram", status_code=202, summary="Visual anagram: one image, one prompt per view", responses=RESPONSES)
 async def if_anagram(redis: RedisDep, queue: QueueDep, settings: SettingsDep,
-                     prompts: Annotated[list[str], Form(description="two or more prompts (repeat the field)", examples=[["an oil painting of people around a campfire", "an oil painting of an old man"]])],
+                     prompts: Annotated[list[str], Form(min_length=2, description="two or more prompts (repeat the field)", examples=[["an oil painting of people around a campfire", "an oil painting of an old man"]])],
                      views: Annotated[list[str] | None, Form(description=f"one view per prompt (repeat the field); default identity + flip_vertical. One of: {', '.join(VIEW_NAMES)}", examples=[["identity", "flip_vertical"]])] = None,
                      guidance: Guidance = 7.0, seed: Seed = None, upscale: Upscale = False,
                      idempotency_key: IdemKey = None) -> JSONResponse:
@@ -114,7 +114,7 @@ async def if_anagram(redis: RedisDep, queue: QueueDep, settings: SettingsDep,
 @router.post("/hybrid", status_code=202, summary="Hybrid image: prompt_low from afar, prompt_high up close", responses=RESPONSES)
 async def if_hybrid(redis: RedisDep, queue: QueueDep, settings: SettingsDep,
                     prompt_low: Prompt, prompt_high: Prompt,
-                    kernel_size: Annotated[int, Form(ge=1, le=63, description="odd Gaussian kernel size", examples=[33])] = 33,
+                    kernel_size: Annotated[int, Form(ge=1, le=63, description="odd Gaussian kernel size", examples=[33], json_schema_extra={"enum": list(range(1, 64, 2))})] = 33,
                     sigma: Annotated[float, Form(gt=0, le=20, description="Gaussian sigma", examples=[2.0])] = 2.0,
                     guidance: Guidance = 7.0, seed: Seed = None, upscale: Upscale = False,
                     idempotency_key: IdemKey = None) -> JSONResponse:
