@@ -50,6 +50,7 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None
 
@@ -64,7 +65,12 @@ class RedisServer:
         import redis
 
         client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), 10, what="redis-server")
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            return _pings(client)
+
+        wait_until(up, 10, what="redis-server")
         return self
 
     def stop(self) -> None:

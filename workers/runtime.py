@@ -129,6 +129,7 @@ def run_job(kind: str, params: dict[str, Any], body: Callable[[JobContext], dict
         "started_at": started,
         "timings": {"model_s": round(model_seconds, 4)},
         "attempt": job.meta["attempts"],
+        "worker": job.worker_name,
         **extra,
     }
     storage.write_manifest(ctx.folder, manifest)

@@ -1,0 +1,73 @@
+"""API keys, request size limits and path traversal."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.images import gradient
+
+
+@pytest.fixture
+def locked(redis_server, tmp_path):
+    s = Settings(redis_url=redis_server.url, queue_name=f"sec-{uuid.uuid4().hex[:8]}", results_dir=tmp_path,
+                 api_key="s3cret-key", max_upload_bytes=100_000)
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": "s3cret-ke"}, {"X-API-Key": ""}])
+def test_protected_routes_need_the_key(locked, headers) -> None:
+    for method, path, kwargs in [
+        ("post", "/mnist/sample", {"params": {"digit": 3}}),
+        ("post", "/mnist/sample", {"params": {"digit": 99}}),  # auth is checked before validation
+        ("get", "/jobs/" + "a" * 32, {}),
+        ("post", "/jobs/" + "a" * 32 + "/cancel", {}),
+        ("post", "/sample", {"data": {"prompt": "a cat"}}),
+        ("post", "/sdedit", {"files": {"image": ("a.png", gradient(), "image/png")}}),
+    ]:
+        r = getattr(locked, method)(path, headers=headers, **kwargs)
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["www-authenticate"] == "ApiKey"
+
+
+def test_right_key_passes_and_health_is_open(locked) -> None:
+    r = locked.post("/mnist/sample", params={"digit": 3}, headers={"X-API-Key": "s3cret-key"})
+    assert r.status_code == 202
+    assert locked.get(f"/jobs/{r.json()['id']}", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert locked.get("/healthz").status_code == 200
+    assert locked.get("/readyz").status_code in (200, 503)  # open, no key needed
+
+
+def test_oversized_body_is_413_before_parsing(locked) -> None:
+    big = b"x" * 1_300_000
+    r = locked.post("/sdedit", headers={"X-API-Key": "s3cret-key"}, files={"image": ("a.png", big, "image/png")})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/jobs/..%2F..%2Fetc%2Fpasswd", "/jobs/%2e%2e/result", "/jobs/" + "A" * 32,
+                                  "/jobs/" + "a" * 31 + "/result", "/jobs/" + "a" * 32 + "/files/..%2Fmanifest.json",
+                                  "/jobs/" + "a" * 32 + "/files/.env"])
+def test_no_path_traversal(locked, path) -> None:
+    r = locked.get(path, headers={"X-API-Key": "s3cret-key"})
+    assert r.status_code == 404, r.text
+
+
+def test_storage_refuses_bad_ids_and_names(tmp_path) -> None:
+    from workers import storage
+
+    with pytest.raises(ValueError):
+        storage.job_dir(tmp_path, "../x")
+    job_id = uuid.uuid4().hex
+    folder = storage.job_dir(tmp_path, job_id)
+    storage.write_manifest(folder, {"files": {"a.png": {}}})
+    (folder / "a.png").write_bytes(b"png")
+    (tmp_path / "secret").write_text("no")
+    assert storage.result_path(tmp_path, job_id, "a.png") == folder / "a.png"
+    assert storage.result_path(tmp_path, job_id, "../secret") is None
+    assert storage.result_path(tmp_path, job_id, "b.png") is None
