@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     build_s = time.perf_counter() - t0
     n1 = sum(p.numel() for p in stage1.unet.parameters())
     n2 = sum(p.numel() for p in stage2.unet.parameters()) if stage2 is not None else 0
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+    else:
+        card = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     logger.info("built UNets in %.1fs: stage I %.3fB params, stage II %.3fB params", build_s, n1 / 1e9, n2 / 1e9)
 
     rows: list[dict[str, Any]] = []
@@ -229,12 +232,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"\n### IF operations per step: {card}, {str(dtype).removeprefix('torch.')}, {arch}\n")
     print(f"torch {torch.__version__}; stage I {n1:,} params at {stage1.image_size}x{stage1.image_size}"
           + (f"; stage II {n2:,} params at {stage2.image_size}x{stage2.image_size}" if stage2 else "")
-          + f"; stride {args.stride}; build {build_s:.1f}s\n")
+          + f"; stride {args.stride}; build {build_s:.1f}s; peak memory includes both resident UNets\n")
     print("| operation | UNet batch / step | steps | total (s) | per step (ms) | peak GPU memory (GiB) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         peak = "n/a" if math.isnan(r["peak_gib"]) else f"{r['peak_gib']:.1f}"
-        print(f"| {r['op']} | {r['unet_batch']} | {r['steps']} | {r['seconds']:.3f} | {r['ms_per_step']:.1f} | {peak} |")
+        print(f"| {r['op']} | {r['unet_batch']} | {r['steps']} | {r['seconds']:.3f} | {r['ms_per_step']:.1f} "
+              f"| {peak} |")
     if args.json:
         args.json.write_text(json.dumps({"card": card, "dtype": str(dtype), "tiny": args.tiny, "rows": rows},
                                         indent=2))

@@ -216,7 +216,11 @@ def _load_text(src: _Source, *, device: torch.device, dtype: torch.dtype, varian
     te_dtype = dtype
     if te_device.type == "cpu" and offload_to is None and dtype == torch.float16:
         te_dtype = torch.bfloat16  # CPU matmuls in float16 are slow; bfloat16 keeps the memory saving
-    kwargs: dict[str, Any] = {"dtype": te_dtype, "variant": variant}
+    import transformers
+
+    version = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    # transformers >= 4.56 calls the argument `dtype`; older releases only know `torch_dtype`
+    kwargs: dict[str, Any] = {"dtype" if version >= (4, 56) else "torch_dtype": te_dtype, "variant": variant}
     if text_encoder_8bit:
         import importlib.util
 
@@ -286,8 +290,8 @@ def load_stage2(
 ) -> Stage2Engine:
     """Load IF stage II (super-resolution UNet, scheduler, image-noising scheduler) with ``from_pretrained``.
 
-    Prompts are embedded with ``stage1``'s encoder and cache when given (IF's stages share T5), otherwise with
-    the tokenizer and text encoder in ``model``.
+    Prompts are embedded with ``stage1``'s encoder and cache when given (IF's stages share T5; recommended,
+    since otherwise a second T5 copy is loaded), otherwise with the tokenizer and text encoder in ``model``.
 
     Raises:
         ModelUnavailableError: weights missing, gated or unreachable.

@@ -286,11 +286,12 @@ def upscale(stage2: Stage2Engine, image: Tensor, prompt: str, *, guidance: float
     small = image.to(stage2.device, torch.float32)
     small = center_crop_resize(small, min(small.shape[-2:]))  # square
     up = F.interpolate(small, size=(S, S), mode="bilinear", align_corners=True)
+    # x_T first, then the conditioning noise: the order of diffusers' pipeline, so the same seed matches it
+    x_T = randn(torch.empty(image.shape[0], 3, S, S, device=stage2.device), generator)
     up_noisy = _forward(up, noise_level, stage2.noise_schedule, generator=generator)
     cond, uncond = stage2.encode([prompt, NULL_PROMPT]).split(1)
     strategy = ClassifierFree(IFSuperResAdapter(stage2.unet, up_noisy, noise_level), cond, uncond,
                               _guidance(guidance))
     stride = T // steps
     ts = stage2.timesteps(stride, start=(steps - 1) * stride)
-    x_T = randn(torch.empty(image.shape[0], 3, S, S, device=stage2.device), generator)
     return _out(iterative_denoise(x_T, ts, strategy, i_start=0, callback=callback, generator=generator))

@@ -191,9 +191,10 @@ def _build(out_dir: str | os.PathLike[str], *, seed: int, stage: int) -> Path:
         pipe = IFSuperResolutionPipeline(
             scheduler=DDPMScheduler.from_config(IF_II_SCHEDULER_CONFIG),
             image_noising_scheduler=DDPMScheduler.from_config(IF_II_IMAGE_NOISING_SCHEDULER_CONFIG), **common)
-    pipe.save_pretrained(str(out), safe_serialization=True)
     _save_fp16(unet, out / "unet")
     _save_fp16(text_encoder, out / "text_encoder")
+    # float32 files last, so the saved configs describe the default (float32) weights
+    pipe.save_pretrained(str(out), safe_serialization=True)
     logger.info("wrote tiny IF stage-%d pipeline to %s", stage, out)
     return out
 

@@ -334,3 +334,33 @@ def test_stage2_loads_its_own_text_encoder(tiny_dirs: tuple[Path, Path], engine:
     assert alone.image_size == 64 and alone.noise_schedule.thresholding is False
     # same tiny T5 (same seed) as stage I
     torch.testing.assert_close(alone.encode(["a photo"]), engine.encode(["a photo"]))
+
+
+# --- agreement with diffusers' own IF pipelines (same weights, same seed) ------------------------------
+
+
+def test_sample_equals_diffusers_if_pipeline(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> None:
+    from diffusers import IFPipeline
+
+    pipe = IFPipeline.from_pretrained(tiny_dirs[0], safety_checker=None, watermarker=None, feature_extractor=None,
+                                      requires_safety_checker=False, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("A photo of a dog", timesteps=list(range(900, -1, -FAST)), guidance_scale=7.0, generator=gen(4),
+               output_type="pt", clean_caption=False).images
+    ours = sample(engine, "A photo of a dog", generator=gen(4), stride=FAST)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
+
+
+def test_upscale_equals_diffusers_super_resolution_pipeline(tiny_dirs: tuple[Path, Path],
+                                                            stage2: Stage2Engine) -> None:
+    from diffusers import IFSuperResolutionPipeline
+
+    pipe = IFSuperResolutionPipeline.from_pretrained(tiny_dirs[1], safety_checker=None, watermarker=None,
+                                                     feature_extractor=None, requires_safety_checker=False,
+                                                     local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    small = photo()
+    ref = pipe(image=small, prompt="a rocket", num_inference_steps=5, guidance_scale=4.0, noise_level=250,
+               generator=gen(2), output_type="pt", clean_caption=False).images
+    ours = upscale(stage2, small, "a rocket", generator=gen(2), steps=5)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
