@@ -105,6 +105,13 @@ def _noise(engine: IFEngine, batch: int, generator: torch.Generator) -> Tensor:
     return randn(torch.empty(batch, 3, S, S, device=engine.device), generator)
 
 
+def _seeded(generator: torch.Generator) -> torch.Generator:
+    """Every operation draws its noise from the caller's seeded generator, never from the global RNG."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a seeded torch.Generator, got {type(generator).__name__}")
+    return generator
+
+
 def _guidance(guidance: float) -> float:
     if not math.isfinite(guidance) or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
@@ -123,6 +130,7 @@ def _out(x: Tensor) -> Tensor:
 @torch.inference_mode()
 def forward(engine: IFEngine, image: Tensor, t: int, *, generator: torch.Generator) -> Tensor:
     """The forward process: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4), not clamped."""
+    _seeded(generator)
     T = engine.schedule.num_train_timesteps
     if not 0 <= t < T:
         raise ValueError(f"t must be in [0, {T}), got {t}")
@@ -133,6 +141,7 @@ def forward(engine: IFEngine, image: Tensor, t: int, *, generator: torch.Generat
 def sample(engine: IFEngine, prompt: str, *, guidance: float = 7.0, generator: torch.Generator,
            callback: Callback | None = None, stride: int = 30, batch_size: int = 1) -> Tensor:
     """Text-to-image from pure noise with classifier-free guidance: (batch_size, 3, S, S)."""
+    _seeded(generator)
     ts = engine.timesteps(stride)
     strategy = _cfg(engine, prompt, guidance)
     x = iterative_denoise(_noise(engine, batch_size, generator), ts, strategy, i_start=0,
@@ -147,6 +156,7 @@ def sdedit(engine: IFEngine, image: Tensor, prompt: str, *, i_start: int = 10, g
 
     Small ``i_start`` (more noise) follows the prompt, large ``i_start`` stays close to the image.
     """
+    _seeded(generator)
     ts = engine.timesteps(stride)
     if not 0 <= i_start < len(ts):
         raise ValueError(f"i_start must be in [0, {len(ts)}) for stride {stride}, got {i_start}")
@@ -167,6 +177,7 @@ def inpaint(engine: IFEngine, image: Tensor, mask: Tensor, prompt: str, *, guida
         image: (B, 3, H, W) in [-1, 1].
         mask: (B or 1, 1, H, W) binary, 1 where new content goes.
     """
+    _seeded(generator)
     x_0 = _image(engine, image)
     m = _mask(engine, mask)
     schedule = engine.schedule
@@ -187,6 +198,7 @@ def anagram(engine: IFEngine, prompts: Sequence[str], views: Sequence[View], *, 
 
     Returns the canonical (untransformed) image, (1, 3, S, S).
     """
+    _seeded(generator)
     if isinstance(prompts, str) or len(prompts) != len(views) or len(prompts) < 1:
         raise ValueError(f"need one prompt per view, got {len(prompts)} prompts and {len(views)} views")
     probe = torch.zeros(1, 1, engine.image_size, engine.image_size)
@@ -208,6 +220,7 @@ def hybrid(engine: IFEngine, prompt_low: str, prompt_high: str, *, kernel_size: 
     ``eps = low_pass(eps_low) + high_pass(eps_high)`` with a Gaussian (``kernel_size``, ``sigma``) low-pass.
     Returns (1, 3, S, S).
     """
+    _seeded(generator)
     low_pass = GaussianBlur(kernel_size, sigma)
     embeds = engine.encode([prompt_low, prompt_high, NULL_PROMPT])
     strategy = Hybrid(engine.adapter, low_pass, [embeds[0:1], embeds[1:2]], embeds[2:3], _guidance(guidance))
@@ -242,6 +255,7 @@ def denoise(engine: IFEngine, image: Tensor, t: int, method: str | DenoiseMethod
     ``iterative`` runs the loop over ``t`` followed by the strided timesteps below ``t``; ``one_step`` and
     ``blur`` are a single step (callback(1, 1, x0_hat)).
     """
+    _seeded(generator)
     try:
         method = DenoiseMethod(method)
     except ValueError:
@@ -275,6 +289,7 @@ def upscale(stage2: Stage2Engine, image: Tensor, prompt: str, *, guidance: float
     with the image-noising schedule, and concatenated to x_t at every step; ``steps`` timesteps
     ``(steps - 1) k, ..., k, 0`` with ``k = T // steps`` (980, ..., 0 for 50).
     """
+    _seeded(generator)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be (B, 3, h, w), got {tuple(image.shape)}")
     T = stage2.schedule.num_train_timesteps

@@ -364,3 +364,8 @@ def test_upscale_equals_diffusers_super_resolution_pipeline(tiny_dirs: tuple[Pat
                generator=gen(2), output_type="pt", clean_caption=False).images
     ours = upscale(stage2, small, "a rocket", generator=gen(2), steps=5)
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
+
+
+def test_operations_refuse_the_global_rng(engine: IFEngine) -> None:
+    with pytest.raises(TypeError, match="seeded torch.Generator"):
+        sample(engine, "a dog", generator=None, stride=FAST)  # type: ignore[arg-type]
