@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_model
+from .checkpoint import load_model, save_model
 from .data import DEFAULT_MIRROR, load_all
 from .objectives import add_noise
 from .pngio import save_grid, save_loss_curve
 from .sampling import generate
-from .training import EpochResult, TrainConfig, train
+from .training import OBJECTIVE_TO_CONDITIONING, EpochResult, TrainConfig, train
 from .unet import FlowUNet
 
 logger = logging.getLogger("models.flow.train")
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--init", help="start from this checkpoint's weights (same architecture) instead of random")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     p.add_argument("--sample-epochs", default="1,5,last", help="epochs after which to write sample grids")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,27 +122,38 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python -m models.flow.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     history: list[dict[str, float]] = []
 
+    def metadata(wall: float) -> dict:
+        return {
+            "command": command,
+            "data": f"{args.data} ({split.name}, {split.images.shape[0]} images)",
+            "train_config": asdict(cfg),
+            "epochs": history,
+            "wall_seconds": round(wall, 1),
+            "device": str(device),
+            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                       f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        }
+
     def on_epoch_end(model: FlowUNet, er: EpochResult) -> None:
         history.append(asdict(er))
+        # a checkpoint after every epoch, so an interrupted run still leaves its latest weights
+        save_model(model, model.config, out / "model.safetensors", metadata=metadata(time.perf_counter() - t0))
         if er.epoch in wanted or (cfg.max_steps is not None):
             imgs, ncols = sample_grid(model, cfg.objective, fixed, args.seed, cfg.sigma)
             save_grid(imgs, ncols, out / f"samples_epoch{er.epoch:03d}.png")
 
+    init_state = None
+    if args.init:
+        init_model, init_cfg = load_model(args.init)
+        if init_cfg.conditioning != OBJECTIVE_TO_CONDITIONING[cfg.objective] or init_cfg.num_hiddens != cfg.num_hiddens:
+            raise SystemExit(f"--init {args.init} is {init_cfg}, which does not fit {cfg.objective} at D={cfg.num_hiddens}")
+        init_state = {k: v.float() if v.is_floating_point() else v for k, v in init_model.state_dict().items()}
+
     t0 = time.perf_counter()
     result = train(cfg, split.images, split.labels, device=device, on_epoch_end=on_epoch_end,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, init_state=init_state)
     wall = time.perf_counter() - t0
-    metadata = {
-        "command": command,
-        "data": f"{args.data} ({split.name}, {split.images.shape[0]} images)",
-        "train_config": asdict(cfg),
-        "epochs": history,
-        "wall_seconds": round(wall, 1),
-        "device": str(device),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-    }
-    save_model(result.model, result.unet_config, out / "model.safetensors", metadata=metadata)
+    save_model(result.model, result.unet_config, out / "model.safetensors", metadata=metadata(wall))
     (out / "losses.json").write_text(json.dumps(result.losses) + "\n")
     save_loss_curve(result.losses, out / "loss.png", title=f"{cfg.objective}: per-step training loss")
     logger.info("done in %.1fs: %s", wall, out / "model.safetensors")

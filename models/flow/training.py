@@ -123,12 +123,14 @@ def train(
     device: torch.device | str = "cpu",
     on_epoch_end: Callable[[FlowUNet, EpochResult], None] | None = None,
     progress: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a UNet for ``cfg.objective`` on ``images`` (N, 1, S, S) in [0, 1], ``labels`` (N,) int64.
 
     The whole data set is moved to ``device`` once and shuffled per epoch with a seeded generator.
     ``on_epoch_end(model, result)`` is called after every epoch (the model is in train mode again
-    after it returns). Returns a :class:`TrainResult`.
+    after it returns). ``init_state`` (a state dict of the same architecture) starts from trained
+    weights instead of a fresh initialisation (fine-tuning). Returns a :class:`TrainResult`.
     """
     cfg = cfg.resolved()
     assert cfg.epochs and cfg.batch_size and cfg.num_hiddens and cfg.lr
@@ -141,7 +143,10 @@ def train(
         image_size=images.shape[-1],
         num_classes=10,
     )
-    model = build_seeded_model(unet_cfg, cfg.seed).to(device)
+    model = build_seeded_model(unet_cfg, cfg.seed)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     memory_format = torch.channels_last if (cfg.channels_last and cuda) else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt, sched = make_optimizer(model, cfg)
