@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shlex
 import sys
@@ -38,6 +39,22 @@ logger = logging.getLogger("models.flow.train")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def machine_description(device: torch.device) -> str:
+    """Human-readable host description for run metadata (CPU model, cores, threads, GPU)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        desc += f", {torch.cuda.get_device_name(device)}"
+    return desc
 
 
 def pick_device(name: str) -> torch.device:
@@ -130,8 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
             "epochs": history,
             "wall_seconds": round(wall, 1),
             "device": str(device),
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                       f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            "machine": machine_description(device),
         }
 
     def on_epoch_end(model: FlowUNet, er: EpochResult) -> None:
