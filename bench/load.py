@@ -89,7 +89,7 @@ def run(base_url: str, clients: int, seconds: float, params: dict, drain_s: floa
         ("request", " ".join(f"{k}={v}" for k, v in params.items())),
         ("jobs accepted", str(len(tally.accepted))),
         ("jobs succeeded", str(sum(1 for s in tally.finished.values() if s == "succeeded"))),
-        ("throughput (jobs/s)", f"{len(lat) / elapsed:.2f}"),
+        ("throughput (jobs/s, over the whole run incl. drain)", f"{len(lat) / elapsed:.2f}"),
         ("latency p50 (s)", f"{percentile(lat, 50):.3f}"),
         ("latency p99 (s)", f"{percentile(lat, 99):.3f}"),
         ("errors", str(len(tally.errors)) + (f" ({', '.join(sorted(set(tally.errors)))})" if tally.errors else "")),
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=1, help="workers of the local stack")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker of the local stack")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--digit", type=int, default=7)
@@ -112,9 +113,9 @@ def main() -> None:
     if args.url:
         rows = run(args.url, args.clients, args.seconds, params, args.drain)
     else:
-        with local_service(workers=args.workers) as stack:
+        with local_service(workers=args.workers, OMP_NUM_THREADS=str(args.threads)) as stack:
             rows = run(str(stack.client.base_url), args.clients, args.seconds, params, args.drain)
-        rows.insert(0, ("workers", str(args.workers)))
+        rows.insert(0, ("workers x torch threads", f"{args.workers} x {args.threads}"))
     print(table(rows))
     lost = int(dict(rows)["lost jobs"])
     raise SystemExit(1 if lost else 0)
