@@ -10,10 +10,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from redis import Redis
 
-from app.problems import install_problem_handlers
+from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import diffusion, health, jobs, mnist
 from app.settings import Settings, get_settings
 
@@ -43,12 +43,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Diffusion inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.dependency_overrides[get_settings] = lambda: settings
     install_problem_handlers(app)
+    _limit_body_size(app, settings)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(mnist.router)
     app.include_router(diffusion.router)
     _document_limits(app, settings)
     return app
+
+
+def _limit_body_size(app: FastAPI, settings: Settings) -> None:
+    """Refuse a request body larger than two uploads plus form fields before it is parsed (413)."""
+    limit = 2 * settings.max_upload_bytes + 1024 * 1024
+
+    @app.middleware("http")
+    async def body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            problem = Problem(413, "request-too-large", f"the request body is larger than {limit} bytes")
+            return problem_response(problem, request)
+        return await call_next(request)
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:
