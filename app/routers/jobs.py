@@ -16,6 +16,8 @@ from workers import storage
 JobId = Annotated[str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])]
 FileName = Annotated[str, Path(description="a name from the job's `results`", examples=["samples.png"])]
 
+_MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".gif": "image/gif"}
+
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 _ERRORS = {
@@ -43,7 +45,7 @@ def _file(settings, redis, job_id: str, name: str | None) -> FileResponse:
         if name in value.get("files", []):
             raise Problem(410, "result-expired", f"the result files of job {job_id} were deleted")
         raise Problem(404, "file-not-found", f"job {job_id} has no result file {name!r}")
-    media = "image/png" if name.endswith(".png") else ("application/json" if name.endswith(".json") else "image/gif" if name.endswith(".gif") else "application/octet-stream")
+    media = _MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
