@@ -65,14 +65,27 @@ def stack(make_stack) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def tiny_if(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Tiny random-weight IF stage I and II pipelines, written by the project's builder; the worker loads
-    them through the same `from_pretrained` path as the real DeepFloyd ids."""
+def tiny_if_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny random-weight IF stage-I and stage-II pipeline directories, written by the project's builder;
+    they load through the same `from_pretrained` path as the real DeepFloyd ids."""
     from models.diffusion.tiny import build_tiny_if, build_tiny_if_stage2
 
     root = tmp_path_factory.mktemp("tiny-if")
-    return {
-        "IF_ENABLED": "true",
-        "IF_STAGE1_MODEL": str(build_tiny_if(root / "stage1")),
-        "IF_STAGE2_MODEL": str(build_tiny_if_stage2(root / "stage2")),
-    }
+    return build_tiny_if(root / "stage1"), build_tiny_if_stage2(root / "stage2")
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tiny_if_dirs: tuple[Path, Path]) -> dict[str, str]:
+    """Worker settings that load the tiny IF pipelines."""
+    return {"IF_ENABLED": "true", "IF_STAGE1_MODEL": str(tiny_if_dirs[0]), "IF_STAGE2_MODEL": str(tiny_if_dirs[1])}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The CI box has two shared cores; intra-op threads only add contention for tiny tensors."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,37 +9,26 @@ import pytest
 import torch
 from PIL import Image
 
-from models.diffusion import build_tiny_if, build_tiny_if_stage2, load_stage1, sample
+from models.diffusion import load_stage1, sample
 from models.diffusion.cli import main, read_image, read_mask, to_uint8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tiny_if_cli")
-    return build_tiny_if(root / "s1"), build_tiny_if_stage2(root / "s2")
-
-
-def test_sample_png_matches_the_operation_and_writes_a_gif(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    rc = main(["--model", str(tiny[0]), "--device", "cpu", "--out", str(tmp_path), "--seed", "3", "--stride", "100",
+def test_sample_png_matches_the_operation_and_writes_a_gif(tiny_if_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    rc = main(["--model", str(tiny_if_dirs[0]), "--device", "cpu", "--out", str(tmp_path), "--seed", "3", "--stride", "100",
                "--trajectory", "gif", "sample", "--prompt", "a photo of a dog"])
     assert rc == 0
     png = np.asarray(Image.open(tmp_path / "sample.png"))
-    engine = load_stage1(tiny[0], device="cpu")
+    engine = load_stage1(tiny_if_dirs[0], device="cpu")
     expected = to_uint8(sample(engine, "a photo of a dog", generator=torch.Generator().manual_seed(3), stride=100)[0])
     assert png.shape == (32, 32, 3) and np.array_equal(png, expected)
     with Image.open(tmp_path / "sample_trajectory.gif") as gif:
         assert gif.n_frames >= 10
 
 
-def test_inpaint_anagram_and_upscale_files(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_inpaint_anagram_and_upscale_files(tiny_if_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     mask = np.zeros((40, 56), np.uint8)
@@ -49,8 +37,8 @@ def test_inpaint_anagram_and_upscale_files(tiny: tuple[Path, Path], tmp_path: Pa
     assert read_image(tmp_path / "in.png").shape == (1, 3, 40, 56)
     assert set(read_mask(tmp_path / "mask.png").unique().tolist()) == {0.0, 1.0}
     out = tmp_path / "out"
-    base = ["--model", str(tiny[0]), "--device", "cpu", "--out", str(out), "--stride", "100"]
-    assert main([*base, "--stage2", str(tiny[1]), "--upscale", "--upscale-steps", "2", "--trajectory", "strip",
+    base = ["--model", str(tiny_if_dirs[0]), "--device", "cpu", "--out", str(out), "--stride", "100"]
+    assert main([*base, "--stage2", str(tiny_if_dirs[1]), "--upscale", "--upscale-steps", "2", "--trajectory", "strip",
                  "inpaint", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png")]) == 0
     assert (out / "inpaint.png").is_file() and (out / "inpaint_trajectory.png").is_file()
     assert Image.open(out / "inpaint_64.png").size == (64, 64)

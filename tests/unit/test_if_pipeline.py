@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,29 +33,17 @@ from models.diffusion.text import EmbeddingCache
 FAST = 100  # stride: 10 steps (900, 800, ..., 0) keeps each op well under a second
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The CI box has two shared cores; intra-op threads only add contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tiny_if")
-    return build_tiny_if(root / "stage1"), build_tiny_if_stage2(root / "stage2")
+def engine(tiny_if_dirs: tuple[Path, Path]) -> IFEngine:
+    return load_stage1(tiny_if_dirs[0], device="cpu")
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_dirs: tuple[Path, Path]) -> IFEngine:
-    return load_stage1(tiny_dirs[0], device="cpu")
-
-
-@pytest.fixture(scope="module")
-def stage2(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> Stage2Engine:
-    return load_stage2(tiny_dirs[1], device="cpu", stage1=engine)
+def stage2(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> Stage2Engine:
+    return load_stage2(tiny_if_dirs[1], device="cpu", stage1=engine)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -84,8 +71,8 @@ class UNetCalls:
 # --- building and loading -----------------------------------------------------------------------------
 
 
-def test_tiny_pipeline_has_the_real_layout_and_scheduler(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> None:
-    s1, s2 = tiny_dirs
+def test_tiny_pipeline_has_the_real_layout_and_scheduler(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
+    s1, s2 = tiny_if_dirs
     for d in (s1, s2):
         for f in ("model_index.json", "unet/diffusion_pytorch_model.safetensors",
                   "unet/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.safetensors",
@@ -103,11 +90,11 @@ def test_tiny_pipeline_has_the_real_layout_and_scheduler(tiny_dirs: tuple[Path, 
     assert len(ids) == 77 and ids[-1] == 0 and 1 in ids  # padded with <pad> = 0 after </s> = 1
 
 
-def test_round_trip_through_diffusers_from_pretrained(tiny_dirs: tuple[Path, Path], engine: IFEngine,
+def test_round_trip_through_diffusers_from_pretrained(tiny_if_dirs: tuple[Path, Path], engine: IFEngine,
                                                       tmp_path: Path) -> None:
     from diffusers import IFPipeline
 
-    pipe = IFPipeline.from_pretrained(tiny_dirs[0], safety_checker=None, watermarker=None,
+    pipe = IFPipeline.from_pretrained(tiny_if_dirs[0], safety_checker=None, watermarker=None,
                                       feature_extractor=None, requires_safety_checker=False, local_files_only=True)
     ours, theirs = engine.unet.state_dict(), pipe.unet.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -126,18 +113,18 @@ def test_precision_policy() -> None:
     assert resolve_precision("cuda", variant=None) == (torch.float16, None)
 
 
-def test_fp16_variant_loads(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> None:
-    half = load_stage1(tiny_dirs[0], device="cpu", dtype=torch.float16)
+def test_fp16_variant_loads(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
+    half = load_stage1(tiny_if_dirs[0], device="cpu", dtype=torch.float16)
     assert half.unet.dtype == torch.float16 and half.dtype == torch.float16
     assert half.text.text_encoder.dtype == torch.bfloat16  # a CPU-resident T5 runs in bfloat16, not float16
     w32 = engine.unet.state_dict()["conv_in.weight"]
     assert torch.equal(half.unet.state_dict()["conv_in.weight"], w32.half())
-    offload = load_stage1(tiny_dirs[0], device="cpu", text_encoder_device="offload")
+    offload = load_stage1(tiny_if_dirs[0], device="cpu", text_encoder_device="offload")
     torch.testing.assert_close(offload.encode(["a skull"]), engine.encode(["a skull"]))
 
 
 def test_missing_or_unreachable_weights_explain_how_to_get_them(tmp_path: Path,
-                                                               tiny_dirs: tuple[Path, Path]) -> None:
+                                                               tiny_if_dirs: tuple[Path, Path]) -> None:
     with pytest.raises(ModelUnavailableError, match="IF_STAGE1_MODEL") as err:
         load_stage1(tmp_path / "nowhere", device="cpu")
     assert "license" in str(err.value) and "huggingface-cli login" in str(err.value)
@@ -147,7 +134,7 @@ def test_missing_or_unreachable_weights_explain_how_to_get_them(tmp_path: Path,
     with pytest.raises(ModelUnavailableError, match="unet"):
         load_stage1(tmp_path / "empty", device="cpu")
     with pytest.raises(ModelUnavailableError, match="IF_STAGE2_MODEL"):
-        load_stage2(tiny_dirs[0], device="cpu")  # a stage-I directory has no image_noising_scheduler
+        load_stage2(tiny_if_dirs[0], device="cpu")  # a stage-I directory has no image_noising_scheduler
     assert issubclass(ModelUnavailableError, RuntimeError)
 
 
@@ -329,8 +316,8 @@ def test_upscale_to_the_stage2_size(stage2: Stage2Engine, engine: IFEngine) -> N
         upscale(stage2, small, "x", generator=gen(), steps=0)
 
 
-def test_stage2_loads_its_own_text_encoder(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> None:
-    alone = load_stage2(tiny_dirs[1], device="cpu")
+def test_stage2_loads_its_own_text_encoder(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
+    alone = load_stage2(tiny_if_dirs[1], device="cpu")
     assert alone.image_size == 64 and alone.noise_schedule.thresholding is False
     # same tiny T5 (same seed) as stage I
     torch.testing.assert_close(alone.encode(["a photo"]), engine.encode(["a photo"]))
@@ -339,10 +326,10 @@ def test_stage2_loads_its_own_text_encoder(tiny_dirs: tuple[Path, Path], engine:
 # --- agreement with diffusers' own IF pipelines (same weights, same seed) ------------------------------
 
 
-def test_sample_equals_diffusers_if_pipeline(tiny_dirs: tuple[Path, Path], engine: IFEngine) -> None:
+def test_sample_equals_diffusers_if_pipeline(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
     from diffusers import IFPipeline
 
-    pipe = IFPipeline.from_pretrained(tiny_dirs[0], safety_checker=None, watermarker=None, feature_extractor=None,
+    pipe = IFPipeline.from_pretrained(tiny_if_dirs[0], safety_checker=None, watermarker=None, feature_extractor=None,
                                       requires_safety_checker=False, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("A photo of a dog", timesteps=list(range(900, -1, -FAST)), guidance_scale=7.0, generator=gen(4),
@@ -351,11 +338,11 @@ def test_sample_equals_diffusers_if_pipeline(tiny_dirs: tuple[Path, Path], engin
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
 
 
-def test_upscale_equals_diffusers_super_resolution_pipeline(tiny_dirs: tuple[Path, Path],
+def test_upscale_equals_diffusers_super_resolution_pipeline(tiny_if_dirs: tuple[Path, Path],
                                                             stage2: Stage2Engine) -> None:
     from diffusers import IFSuperResolutionPipeline
 
-    pipe = IFSuperResolutionPipeline.from_pretrained(tiny_dirs[1], safety_checker=None, watermarker=None,
+    pipe = IFSuperResolutionPipeline.from_pretrained(tiny_if_dirs[1], safety_checker=None, watermarker=None,
                                                      feature_extractor=None, requires_safety_checker=False,
                                                      local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
