@@ -2,7 +2,8 @@
 
 Modules (imports point down): ``schedule`` (DDPM math) <- ``loop`` (the one denoising loop) <- ``views``,
 ``filters``, ``guidance`` (noise-prediction strategies) <- ``adapter``, ``text``, ``engine`` (loading) <-
-``ops`` (the operations); ``tiny`` builds random-weight test pipelines; ``cli`` is the command line.
+``ops`` (the operations); ``tiny`` builds random-weight test pipelines; ``random_weights`` builds the real
+architectures with random weights from their public configs; ``cli`` is the command line.
 Importing this package does not import diffusers or transformers (they load with the models).
 """
 

@@ -3,18 +3,23 @@ IF-I-XL architecture with random fp16 weights for a few steps. Skipped without C
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+
+from models.diffusion.random_weights import (
+    STAGE1_UNET_CONFIG,
+    RandomPrompts,
+    build_random_unet,
+    find_config_dir,
+    load_unet_config,
+)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-CONFIGS = Path(__file__).resolve().parents[2].parent / "shared" / "if_configs"
+CONFIGS = find_config_dir()
 
 
 @pytest.fixture(scope="module")
@@ -57,29 +62,19 @@ def test_every_operation_runs_seeded_on_cuda(engines) -> None:
     assert upscale(s2, a, "a dog", generator=gen(), steps=3).shape == (1, 3, 64, 64)
 
 
-@pytest.mark.skipif(not CONFIGS.is_dir(), reason="public IF configs not present")
+@pytest.mark.skipif(CONFIGS is None, reason="public IF configs not present (set IF_CONFIG_DIR)")
 def test_real_architecture_random_fp16_steps() -> None:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
-    from models.diffusion import IFEngine, get_view, anagram, sample
+    from models.diffusion import IFEngine, anagram, get_view, sample
     from models.diffusion.tiny import IF_I_SCHEDULER_CONFIG
 
-    cfg = {k: v for k, v in json.loads((CONFIGS / "IF-I-XL-v1.0_unet_config.json").read_text()).items()
-           if not k.startswith("_")}
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**cfg)
-    unet = unet.to(dtype=torch.float16).to_empty(device="cuda")
-    g = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0, p[0].numel() ** -0.5, generator=g)
-            else:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-    text = lambda prompts: torch.randn(len(prompts), 77, 4096, generator=gen(len(prompts)))  # noqa: E731
-    engine = IFEngine.from_components(unet.eval(), DDPMScheduler.from_config(IF_I_SCHEDULER_CONFIG), text)
+    unet = build_random_unet(load_unet_config(STAGE1_UNET_CONFIG, CONFIGS), "cuda", torch.float16, seed=0)
+    engine = IFEngine.from_components(unet, DDPMScheduler.from_config(IF_I_SCHEDULER_CONFIG), RandomPrompts(4096))
     assert engine.image_size == 64 and engine.dtype == torch.float16
+    assert sum(p.numel() for p in unet.parameters()) == 4_304_695_110
     x = sample(engine, "a", generator=gen(), stride=330)
-    assert x.shape == (1, 3, 64, 64)
+    assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
+    assert torch.equal(x, sample(engine, "a", generator=gen(), stride=330))
     y = anagram(engine, ["a", "b"], [get_view("identity"), get_view("rot90")], generator=gen(), stride=330)
-    assert y.shape == (1, 3, 64, 64)
+    assert y.shape == (1, 3, 64, 64) and torch.isfinite(y).all()

@@ -1,0 +1,104 @@
+"""Same-architecture IF UNets with random weights, built from the public configs: no weights, no hub.
+
+For speed and memory measurements and shape checks (``bench/bench_if.py``, ``tests/gpu``). The public DeepFloyd
+configs (``IF-I-XL-v1.0_unet_config.json``: 4,304,695,110 parameters; ``IF-II-L-v1.0_unet_config.json``:
+1,243,277,190) are looked up in ``$IF_CONFIG_DIR``, then ``<repo>/shared/if_configs``, then
+``<repo>/../shared/if_configs``.
+
+A UNet is constructed on the meta device (no memory, seconds for 4.3B parameters), materialized with
+``to_empty`` on the target device and dtype, and initialized in place from a seeded generator on that device:
+matrices and kernels ``N(0, 1/fan_in)`` (activations stay of order 1 through the depth), norm scales 1, biases 0.
+Prompt embeddings come from ``RandomPrompts``: ``prompts -> (B, L, D)`` seeded by a hash of each prompt, the
+shape T5 v1.1 XXL gives (L = 77, D = 4096).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CONFIG_DIR_ENV",
+    "STAGE1_UNET_CONFIG",
+    "STAGE2_UNET_CONFIG",
+    "RandomPrompts",
+    "build_random_unet",
+    "find_config_dir",
+    "init_in_place",
+    "load_unet_config",
+]
+
+CONFIG_DIR_ENV = "IF_CONFIG_DIR"
+STAGE1_UNET_CONFIG = "IF-I-XL-v1.0_unet_config.json"
+STAGE2_UNET_CONFIG = "IF-II-L-v1.0_unet_config.json"
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_config_dir() -> Path | None:
+    """The first folder of ``$IF_CONFIG_DIR``, ``<repo>/shared/if_configs``, ``<repo>/../shared/if_configs``
+    that holds the stage-I UNet config; None when none does."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    candidates = [Path(env)] if env else []
+    candidates += [_ROOT / "shared" / "if_configs", _ROOT.parent / "shared" / "if_configs"]
+    return next((c for c in candidates if (c / STAGE1_UNET_CONFIG).is_file()), None)
+
+
+def load_unet_config(name: str, config_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``UNet2DConditionModel`` keyword arguments from a public config file (``_``-prefixed keys dropped)."""
+    folder = Path(config_dir) if config_dir is not None else find_config_dir()
+    if folder is None or not (folder / name).is_file():
+        raise FileNotFoundError(
+            f"{name} not found (looked in {folder or 'the default places'}): set {CONFIG_DIR_ENV} to the folder "
+            "with the public IF configs (../shared/if_configs beside the checkout)")
+    return {k: v for k, v in json.loads((folder / name).read_text()).items() if not k.startswith("_")}
+
+
+@torch.no_grad()
+def init_in_place(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Seeded random weights after ``to_empty``: N(0, 1/fan_in) matrices and kernels, unit norm scales, zero
+    biases. ``generator`` lives on the parameters' device."""
+    for name, p in module.named_parameters():
+        if p.ndim >= 2:
+            p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=generator)
+        elif name.endswith("weight"):
+            p.fill_(1.0)
+        else:
+            p.zero_()
+
+
+def build_random_unet(config: dict[str, Any], device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+    """``UNet2DConditionModel(**config)`` on the meta device, ``to_empty`` on ``device`` in ``dtype``, seeded
+    in-place init; returned in eval mode without gradients."""
+    from diffusers import UNet2DConditionModel
+
+    device = torch.device(device)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    unet = unet.to(dtype=dtype).to_empty(device=device)
+    init_in_place(unet, torch.Generator(device=device).manual_seed(seed))
+    return unet.eval().requires_grad_(False)
+
+
+class RandomPrompts:
+    """Stand-in for T5: ``prompts -> (B, length, dim)`` float32 on the CPU, seeded by a hash of each prompt, so
+    the same prompt always gets the same embedding."""
+
+    def __init__(self, dim: int, length: int = 77) -> None:
+        self.dim, self.length = dim, length
+
+    def __call__(self, prompts: Sequence[str]) -> Tensor:
+        out = []
+        for p in prompts:
+            seed = int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little")
+            out.append(torch.randn(self.length, self.dim, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(out)
