@@ -54,6 +54,39 @@ def _t(ts: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     return ts[i].to(x.dtype).expand(x.shape[0])
 
 
+#: ``step(velocity, x, ts, i, dt) -> x`` from ``ts[i]`` to ``ts[i + 1]``, dt = ts[i + 1] - ts[i] in x's dtype.
+_Step = Callable[[VelocityFn, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+def _integrate(step: _Step, velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor,
+               callback: StepCallback | None) -> torch.Tensor:
+    """The one solver loop: ``step`` over each interval of ``ts``, ``callback(i + 1, K, x)`` after each."""
+    total = ts.shape[0] - 1
+    for i in range(total):
+        x = step(velocity, x, ts, i, (ts[i + 1] - ts[i]).to(x.dtype))
+        if callback is not None:
+            callback(i + 1, total, x)
+    return x
+
+
+def _euler_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
+    return x + dt * velocity(x, _t(ts, i, x))
+
+
+def _heun_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
+    v0 = velocity(x, _t(ts, i, x))
+    x_pred = x + dt * v0
+    v1 = velocity(x_pred, _t(ts, i + 1, x))
+    return x + dt * 0.5 * (v0 + v1)
+
+
+def _midpoint_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int,
+                   dt: torch.Tensor) -> torch.Tensor:
+    t_mid = (0.5 * (ts[i] + ts[i + 1])).to(x.dtype).expand(x.shape[0])
+    v0 = velocity(x, _t(ts, i, x))
+    return x + dt * velocity(x + 0.5 * dt * v0, t_mid)
+
+
 def euler(
     velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None
 ) -> torch.Tensor:
@@ -62,44 +95,21 @@ def euler(
     velocity: see :data:`VelocityFn`; x: (B, C, H, W) at ``ts[0]``; ts: (K + 1,) increasing.
     Returns (B, C, H, W) at ``ts[-1]``. K NFE.
     """
-    total = ts.shape[0] - 1
-    for i in range(total):
-        dt = (ts[i + 1] - ts[i]).to(x.dtype)
-        x = x + dt * velocity(x, _t(ts, i, x))
-        if callback is not None:
-            callback(i + 1, total, x)
-    return x
+    return _integrate(_euler_step, velocity, x, ts, callback)
 
 
 def heun(
     velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None
 ) -> torch.Tensor:
     """Heun's method: Euler predictor, trapezoidal corrector. Shapes as in :func:`euler`; 2K NFE."""
-    total = ts.shape[0] - 1
-    for i in range(total):
-        dt = (ts[i + 1] - ts[i]).to(x.dtype)
-        v0 = velocity(x, _t(ts, i, x))
-        x_pred = x + dt * v0
-        v1 = velocity(x_pred, _t(ts, i + 1, x))
-        x = x + dt * 0.5 * (v0 + v1)
-        if callback is not None:
-            callback(i + 1, total, x)
-    return x
+    return _integrate(_heun_step, velocity, x, ts, callback)
 
 
 def midpoint(
     velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None
 ) -> torch.Tensor:
     """Explicit midpoint rule: ``x <- x + dt v(x + dt/2 v(x, t), t + dt/2)``. 2K NFE."""
-    total = ts.shape[0] - 1
-    for i in range(total):
-        dt = (ts[i + 1] - ts[i]).to(x.dtype)
-        t_mid = (0.5 * (ts[i] + ts[i + 1])).to(x.dtype).expand(x.shape[0])
-        v0 = velocity(x, _t(ts, i, x))
-        x = x + dt * velocity(x + 0.5 * dt * v0, t_mid)
-        if callback is not None:
-            callback(i + 1, total, x)
-    return x
+    return _integrate(_midpoint_step, velocity, x, ts, callback)
 
 
 #: Map request strings to solver functions at the edge.
