@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -203,8 +203,33 @@ def _local_variant(src: _Source, variant: str | None) -> str | None:
     return None
 
 
+class _LoadedUNet(NamedTuple):
+    src: _Source
+    dtype: torch.dtype
+    variant: str | None
+    unet: Any
+    scheduler: Any
+
+
+def _load_unet(model: str | os.PathLike[str], stage: str, setting: str, *, device: torch.device,
+               dtype: torch.dtype | None, variant: str | None, local_files_only: bool) -> _LoadedUNet:
+    """What both stages load alike: precision and source resolved, the UNet resident on ``device`` in eval mode
+    without gradients, and the ``scheduler`` subfolder."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    dtype, variant = resolve_precision(device, dtype, variant)
+    src = _source(model, stage, setting, local_files_only)
+    variant = _local_variant(src, variant)
+    unet = src.load(UNet2DConditionModel.from_pretrained, "unet", **_unet_kwargs(dtype, variant))
+    unet = unet.to(device).eval().requires_grad_(False)
+    return _LoadedUNet(src, dtype, variant, unet, src.load(DDPMScheduler.from_pretrained, "scheduler"))
+
+
 def _load_text(src: _Source, *, device: torch.device, dtype: torch.dtype, variant: str | None,
-               text_encoder_device: str | torch.device | None, text_encoder_8bit: bool) -> T5PromptEncoder:
+               text_encoder_device: str | torch.device | None, text_encoder_8bit: bool,
+               embedding_cache_dir: str | os.PathLike[str] | None) -> tuple[T5PromptEncoder, EmbeddingCache]:
+    """The tokenizer and T5 of ``src`` as a prompt encoder, and its embedding cache (namespaced by model and
+    encoder dtype, so embeddings of another model or precision are never reused)."""
     from transformers import AutoTokenizer, T5EncoderModel
 
     tokenizer = src.load(AutoTokenizer.from_pretrained, "tokenizer")
@@ -232,7 +257,8 @@ def _load_text(src: _Source, *, device: torch.device, dtype: torch.dtype, varian
     encoder = src.load(T5EncoderModel.from_pretrained, "text_encoder", **kwargs).eval()
     if not text_encoder_8bit:
         encoder.to(te_device)
-    return T5PromptEncoder(tokenizer, encoder, offload_to=offload_to)
+    text = T5PromptEncoder(tokenizer, encoder, offload_to=offload_to)
+    return text, EmbeddingCache(text, namespace=f"{src.model}|{text.text_encoder.dtype}", cache_dir=embedding_cache_dir)
 
 
 def load_stage1(
@@ -260,18 +286,12 @@ def load_stage1(
     Raises:
         ModelUnavailableError: weights missing, gated or unreachable.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
     device = torch.device(device)
-    dtype, variant = resolve_precision(device, dtype, variant)
-    src = _source(model, "stage-I", "IF_STAGE1_MODEL", local_files_only)
-    variant = _local_variant(src, variant)
-    unet = src.load(UNet2DConditionModel.from_pretrained, "unet", **_unet_kwargs(dtype, variant))
-    unet = unet.to(device).eval().requires_grad_(False)
-    scheduler = src.load(DDPMScheduler.from_pretrained, "scheduler")
-    text = _load_text(src, device=device, dtype=dtype, variant=variant, text_encoder_device=text_encoder_device,
-                      text_encoder_8bit=text_encoder_8bit)
-    cache = EmbeddingCache(text, namespace=f"{src.model}|{text.text_encoder.dtype}", cache_dir=embedding_cache_dir)
+    src, dtype, variant, unet, scheduler = _load_unet(model, "stage-I", "IF_STAGE1_MODEL", device=device,
+                                                      dtype=dtype, variant=variant, local_files_only=local_files_only)
+    text, cache = _load_text(src, device=device, dtype=dtype, variant=variant,
+                             text_encoder_device=text_encoder_device, text_encoder_8bit=text_encoder_8bit,
+                             embedding_cache_dir=embedding_cache_dir)
     logger.info("loaded IF stage I from %s on %s (%s, variant %s)", src.model, device, dtype, variant)
     return IFEngine(unet=unet, scheduler=scheduler, text=text, device=device, dtype=dtype,
                     image_size=int(unet.config.sample_size), cache=cache, name=src.model)
@@ -296,23 +316,18 @@ def load_stage2(
     Raises:
         ModelUnavailableError: weights missing, gated or unreachable.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
     device = torch.device(device)
-    dtype, variant = resolve_precision(device, dtype, variant)
-    src = _source(model, "stage-II", "IF_STAGE2_MODEL", local_files_only)
-    variant = _local_variant(src, variant)
-    unet = src.load(UNet2DConditionModel.from_pretrained, "unet", **_unet_kwargs(dtype, variant))
-    unet = unet.to(device).eval().requires_grad_(False)
-    scheduler = src.load(DDPMScheduler.from_pretrained, "scheduler")
+    src, dtype, variant, unet, scheduler = _load_unet(model, "stage-II", "IF_STAGE2_MODEL", device=device,
+                                                      dtype=dtype, variant=variant, local_files_only=local_files_only)
     noising = src.load(DDPMScheduler.from_pretrained, "image_noising_scheduler")
     if stage1 is not None:
         text, cache = stage1.text, stage1.cache
     else:
-        text = _load_text(src, device=device, dtype=dtype, variant=variant, text_encoder_device=text_encoder_device,
-                          text_encoder_8bit=False)
-        cache = EmbeddingCache(text, namespace=f"{src.model}|{text.text_encoder.dtype}",
-                               cache_dir=embedding_cache_dir)
+        text, cache = _load_text(src, device=device, dtype=dtype, variant=variant,
+                                 text_encoder_device=text_encoder_device, text_encoder_8bit=False,
+                                 embedding_cache_dir=embedding_cache_dir)
     logger.info("loaded IF stage II from %s on %s (%s, variant %s)", src.model, device, dtype, variant)
     return Stage2Engine(unet=unet, scheduler=scheduler, text=text, device=device, dtype=dtype,
                         image_size=int(unet.config.sample_size), cache=cache, name=src.model,
