@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.support import load_script
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_if", ROOT / "bench" / "bench_if.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_if.py")
 
 
 def test_bench_tiny_reports_time_per_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

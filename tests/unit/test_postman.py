@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from app.main import create_app
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_collection", ROOT / "postman" / "build_collection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("postman/build_collection.py")
 
 
 def test_committed_json_is_up_to_date() -> None:
