@@ -10,14 +10,15 @@ from redis import Redis
 from rq import Queue
 
 from app.problems import Problem
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_redis(request: Request) -> Redis:
     """The connection opened by the app's lifespan."""
-    return request.app.state.redis
+    redis: Redis = request.app.state.redis
+    return redis
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
@@ -28,6 +29,11 @@ def get_queue(redis: RedisDep, settings: SettingsDep) -> Queue:
 
 
 QueueDep = Annotated[Queue, Depends(get_queue)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="the same key with the same request returns the same job"),
+]
 
 
 def require_api_key(

@@ -1,8 +1,8 @@
 """Job lifecycle on the API side: submit (with idempotency and back-pressure), view, cancel.
 
-The API enqueues job functions by dotted name (`workers.protocol.JOB_FUNCTIONS`), never
-importing them. Uploaded inputs are written to the job's storage folder before the job is
-enqueued, so the job only receives plain JSON arguments and file names.
+The API enqueues each operation's job function by its dotted name (`core.operations.Operation.job`),
+never importing it, with one argument: the validated parameters as JSON. Uploads are written to the
+job's storage folder (``inputs/<name>``) before the job is enqueued.
 """
 
 from __future__ import annotations
@@ -20,17 +20,11 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from app.problems import Problem
-from app.schemas import JobBody, Progress
-from app.settings import Settings
-from workers import storage
-from workers.protocol import (
-    JOB_FUNCTIONS,
-    JobState,
-    cancel_key,
-    capabilities_key,
-    idempotency_key,
-    tombstone_key,
-)
+from app.schemas import JobBody, OperationState, Progress
+from core import storage
+from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
+from core.protocol import JobState, cancel_key, capabilities_key, idempotency_key, tombstone_key
+from core.settings import Settings
 
 _RQ_TO_STATE = {
     JobStatus.CREATED: JobState.queued,
@@ -60,52 +54,74 @@ def _fingerprint(kind: str, params: dict[str, Any], inputs: dict[str, bytes]) ->
     return h.hexdigest()
 
 
-def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
-    """503 when live workers exist but none of them can serve `kind` (its model failed to load
-    or is not configured). With no live worker at all the job is accepted and waits in the queue,
-    so a restarting worker loses nothing."""
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def operation_states(redis: Redis, queue: Queue) -> dict[str, OperationState]:
+    """Each operation (and the stage-II upscale) with whether a live worker can serve it, and why not.
+
+    A worker publishes what it serves and, for the rest, the reason (a model that failed to load, DeepFloyd
+    disabled, no CUDA device for IF_ENABLED=auto); workers that stopped heart-beating are not counted.
+    """
     from rq import Worker
 
-    workers = Worker.all(queue=queue)
-    if not workers:
+    live = {w.name for w in Worker.all(queue=queue)}
+    infos = [json.loads(_text(raw)) for name, raw in redis.hgetall(capabilities_key()).items() if _text(name) in live]
+    states = {}
+    for name in [*OPERATIONS, IF_UPSCALE]:
+        servers = sum(name in info.get("operations", []) for info in infos)
+        reasons = sorted({str(info["unavailable"][name]) for info in infos if name in info.get("unavailable", {})})
+        if servers:
+            states[name] = OperationState(available=True, workers=servers)
+        else:
+            reason = "; ".join(reasons) or ("no live worker" if not infos else "no live worker serves it")
+            states[name] = OperationState(available=False, workers=0, reason=reason)
+    return states
+
+
+def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
+    """503 when live workers exist but none of them can serve `kind` (its model failed to load, or is not
+    enabled). With no live worker at all the job is accepted and waits in the queue, so a restarting worker
+    loses nothing."""
+    from rq import Worker
+
+    if not Worker.all(queue=queue):
         return
-    caps = redis.hgetall(capabilities_key())
-    reasons: set[str] = set()
-    for worker in workers:
-        info = json.loads(caps.get(worker.name.encode(), b"{}") or b"{}")
-        if kind in info.get("operations", []):
-            return
-        reasons.update(f"{model}: {err}" for model, err in info.get("errors", {}).items())
-    if not reasons and kind.startswith("if_"):
-        reasons.add("DeepFloyd IF is not enabled on any worker (set IF_ENABLED=true, IF_STAGE1_MODEL and, "
-                    "for upscale, IF_STAGE2_MODEL in the worker's environment)")
-    hint = "; ".join(sorted(reasons)) or "no worker has the model for this operation configured"
-    raise Problem(503, "operation-unavailable", f"no live worker can serve {kind}: {hint}",
-                  headers={"Retry-After": "30"})
+    state = operation_states(redis, queue)[kind]
+    if not state.available:
+        raise Problem(503, "operation-unavailable", f"no live worker can serve {kind}: {state.reason}",
+                      headers={"Retry-After": "30"})
+
+
+def pick_seed(seed: int | None) -> int:
+    """The request's seed, or a fresh random one that is recorded with the job."""
+    return seed if seed is not None else secrets.randbelow(2**31)
 
 
 def submit(
     redis: Redis,
     queue: Queue,
     settings: Settings,
-    kind: str,
-    params: dict[str, Any],
+    op: Operation,
+    params: OperationParams,
     *,
-    inputs: dict[str, bytes] | None = None,
+    uploads: dict[str, bytes] | None = None,
     idem_key: str | None = None,
-    request: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
-    """Enqueue one job; returns (job, replayed). `params` must be JSON-able.
+    """Enqueue one job of operation `op`; returns (job, replayed).
 
-    `request` is the request as the client sent it (before defaults such as a random seed were
-    filled in); the idempotency fingerprint is taken over it, so a replay matches.
-
-    With an Idempotency-Key, the first request stores key -> (job id, fingerprint of the body);
-    a repeat with the same body returns that job (replayed=True), with another body a 422.
+    The idempotency fingerprint is taken over the request as the client sent it (before a random seed
+    is filled in), so a replay matches. With an Idempotency-Key, the first request stores key -> (job id,
+    fingerprint); a repeat with the same request returns that job (replayed=True), with another a 422.
     """
-    ensure_servable(redis, queue, kind)
-    inputs = inputs or {}
-    fingerprint = _fingerprint(kind, params if request is None else request, inputs)
+    ensure_servable(redis, queue, op.name)
+    if getattr(params, "upscale", False):
+        ensure_servable(redis, queue, IF_UPSCALE)
+    uploads = uploads or {}
+    request = params.model_dump(mode="json")
+    fingerprint = _fingerprint(op.name, request, uploads)
+    job_params = request | {"seed": pick_seed(params.seed)}
     job_id = new_job_id()
     if idem_key is not None:
         if not (1 <= len(idem_key) <= 200):
@@ -128,20 +144,19 @@ def submit(
         if queue.count >= settings.max_queue_depth:
             raise Problem(503, "queue-full", f"the queue holds {settings.max_queue_depth} jobs already; retry later",
                           headers={"Retry-After": "5"})
-        if inputs:
-            folder = storage.job_dir(settings.results_dir, job_id) / "inputs"
-            for name, data in inputs.items():
-                storage.write_bytes_atomic(folder / name, data)
+        folder = storage.job_dir(settings.results_dir, job_id) / storage.INPUTS
+        for name, data in uploads.items():
+            storage.write_bytes_atomic(folder / name, data)
         now = datetime.now(timezone.utc)
         job = queue.enqueue_call(
-            func=JOB_FUNCTIONS[kind],
-            kwargs=params | ({"inputs": sorted(inputs)} if inputs else {}),
+            func=op.job,
+            kwargs={"params": job_params},
             job_id=job_id,
             timeout=settings.job_timeout_s,
             result_ttl=settings.result_ttl_s,
             failure_ttl=settings.result_ttl_s,
             retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
-            meta={"kind": kind, "params": params, "submitted_at": now.isoformat(), "attempts": 0},
+            meta={"kind": op.name, "params": job_params, "submitted_at": now.isoformat(), "attempts": 0},
         )
         redis.set(tombstone_key(job_id), str(int(time.time())), ex=settings.tombstone_ttl_s)
     except BaseException:
@@ -187,6 +202,15 @@ def _error_of(job: Job, state: JobState) -> str | None:
     return text.splitlines()[-1] if text else "the job failed"
 
 
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+def _when(recorded: str | None, fallback: datetime | None) -> datetime | None:
+    """A time the service recorded in the job's meta (stable across polls), else RQ's own."""
+    return datetime.fromisoformat(recorded) if recorded else _utc(fallback)
+
+
 def view(job: Job, redis: Redis, queue: Queue) -> JobBody:
     """The client's view of a job (status, progress, position, times, results, error)."""
     state = state_of(job)
@@ -204,18 +228,15 @@ def view(job: Job, redis: Redis, queue: Queue) -> JobBody:
         if value.get("main"):
             result_url = f"/jobs/{job.id}/result"
 
-    def utc(dt: datetime | None) -> datetime | None:
-        return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
-
     return JobBody(
         id=job.id,
         kind=str(meta.get("kind", "unknown")),
         status=state,
         progress=Progress(**progress) if progress else None,
         queue_position=position,
-        created_at=utc(job.created_at),
-        started_at=utc(job.started_at) if state is not JobState.queued else None,
-        finished_at=utc(job.ended_at) if state.terminal else None,
+        created_at=_utc(job.created_at),
+        started_at=_when(meta.get("started_at"), job.started_at) if state is not JobState.queued else None,
+        finished_at=_when(meta.get("finished_at"), job.ended_at) if state.terminal else None,
         params=meta.get("params", {}),
         result_url=result_url,
         results=results,
@@ -236,4 +257,7 @@ def cancel(redis: Redis, job: Job, settings: Settings) -> None:
             job.cancel()
         except InvalidJobOperation:
             pass  # canceled concurrently: fine
+        else:
+            job.meta["finished_at"] = datetime.now(timezone.utc).isoformat()
+            job.save_meta()
     job.refresh()

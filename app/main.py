@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request
 from redis import Redis
 
 from app.problems import Problem, install_problem_handlers, problem_response
-from app.routers import diffusion, health, jobs, mnist
-from app.settings import Settings, get_settings
+from app.routers import health, jobs, operations
+from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _limit_body_size(app, settings)
     app.include_router(health.router)
     app.include_router(jobs.router)
-    app.include_router(mnist.router)
-    app.include_router(diffusion.router)
-    _document_limits(app, settings)
+    app.include_router(operations.router(settings))
     return app
 
 
@@ -63,40 +61,6 @@ def _limit_body_size(app: FastAPI, settings: Settings) -> None:
             problem = Problem(413, "request-too-large", f"the request body is larger than {limit} bytes")
             return problem_response(problem, request)
         return await call_next(request)
-
-
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Write the settings-dependent limits (MAX_N, MAX_STEPS, ...) into the OpenAPI schema, so that it
-    states exactly what the handlers accept."""
-    from fastapi.openapi.utils import get_openapi
-
-    numeric = {"n": settings.max_n, "steps": settings.max_steps, "guidance": settings.max_guidance}
-    text = {"prompt", "prompt_low", "prompt_high", "prompts"}
-
-    def patch(name: str, schema: dict) -> None:
-        if name in numeric:
-            schema["maximum"] = numeric[name]
-        elif name in text:
-            target = schema.get("items", schema)
-            target["maxLength"] = settings.max_prompt_chars
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for ops in spec.get("paths", {}).values():
-                for op in ops.values():
-                    for param in op.get("parameters", []):
-                        schema = param.get("schema", {})
-                        for variant in schema.get("anyOf", [schema]):
-                            patch(param["name"], variant)
-            for schema in spec.get("components", {}).get("schemas", {}).values():
-                for name, prop in schema.get("properties", {}).items():
-                    for variant in prop.get("anyOf", [prop]):
-                        patch(name, variant)
-            app.openapi_schema = spec
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

@@ -96,8 +96,10 @@ def problem_response(problem: Problem, request: Request | None = None) -> JSONRe
 def _loc_to_name(loc: tuple[Any, ...] | list[Any]) -> tuple[str, str]:
     parts = list(loc)
     where = str(parts.pop(0)) if parts and parts[0] in ("query", "body", "path", "header", "cookie") else "body"
-    name = ".".join(str(p) for p in parts) or where
-    return name, where
+    name = ""
+    for part in parts:  # ("prompts", 0) -> "prompts[0]", ("a", "b") -> "a.b"
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or where, where
 
 
 def install_problem_handlers(app: FastAPI) -> None:

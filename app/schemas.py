@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workers.protocol import JobState
+from core.protocol import JobState
 
 
 class Progress(BaseModel):
@@ -73,10 +73,20 @@ class WorkerInfo(BaseModel):
     operations: list[str] = Field(default_factory=list)
 
 
+class OperationState(BaseModel):
+    """Whether live workers can serve an operation, and why not."""
+
+    available: bool
+    workers: int = Field(0, description="live workers that serve it")
+    reason: str | None = Field(None, description="why no live worker serves it (a model failed to load, ...)")
+
+
 class Readiness(BaseModel):
     ready: bool
     redis: bool
     workers: list[WorkerInfo] = Field(default_factory=list)
     operations: list[str] = Field(default_factory=list, description="what at least one live worker can serve")
+    operation_states: dict[str, OperationState] = Field(
+        default_factory=dict, description="every operation (and if_upscale) with its state and, if unavailable, why")
     queue_depth: int | None = None
     detail: str | None = None

@@ -24,7 +24,7 @@ from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from app.problems import Problem
-from app.settings import Settings
+from core.settings import Settings
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MIN_SIDE = 8
@@ -44,9 +44,13 @@ def _problem(status: int, slug: str, field: str, reason: str) -> Problem:
     return Problem(status, slug, f"{field}: {reason}", errors=[{"name": field, "in": "body", "reason": reason}])
 
 
-async def read_image(upload: UploadFile, field: str, settings: Settings) -> CheckedImage:
-    """Read and fully decode one upload; raise the documented 4xx problem on any defect."""
-    data = await upload.read(settings.max_upload_bytes + 1)
+def read_image(upload: UploadFile, field: str, settings: Settings) -> CheckedImage:
+    """Read and fully decode one upload; raise the documented 4xx problem on any defect.
+
+    Blocking (file read and a full decode): call it from a worker thread, never on the event loop
+    (the operation routes are plain ``def`` handlers, which FastAPI runs in its thread pool)."""
+    upload.file.seek(0)
+    data = upload.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _problem(413, "upload-too-large", field, f"larger than {settings.max_upload_bytes} bytes")
     if not data:
@@ -77,7 +81,9 @@ def check_image(data: bytes, field: str, settings: Settings) -> CheckedImage:
     return CheckedImage(field, data, str(image.format), width, height, image.mode)
 
 
-def check_mask_matches(mask: CheckedImage, image: CheckedImage) -> None:
-    if (mask.width, mask.height) != (image.width, image.height):
-        raise _problem(422, "mask-size-mismatch", mask.field,
-                       f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}")
+def check_same_size(upload: CheckedImage, reference: CheckedImage) -> None:
+    """422 ``<field>-size-mismatch`` (e.g. ``mask-size-mismatch``) unless both uploads have the same size."""
+    if (upload.width, upload.height) != (reference.width, reference.height):
+        raise _problem(422, f"{upload.field}-size-mismatch", upload.field,
+                       f"{upload.field} is {upload.width}x{upload.height} but the {reference.field} is "
+                       f"{reference.width}x{reference.height}")

@@ -7,7 +7,7 @@ PY=${VENV:-.venv}/bin/python
 
 read -r REDIS_HOST REDIS_PORT HOST PORT RESULTS_DIR < <("$PY" - <<'PYEOF'
 from urllib.parse import urlparse
-from app.settings import get_settings
+from core.settings import get_settings
 s = get_settings()
 u = urlparse(s.redis_url)
 print(u.hostname or "localhost", u.port or 6379, s.host, s.port, s.results_dir)

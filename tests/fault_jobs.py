@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from workers.registry import get_results_dir
-from workers.runtime import JobContext, run_job
+from core.operations import OperationParams
+from workers.frame import job_frame
 
 
-def out_of_memory() -> dict:
-    def body(ctx: JobContext) -> dict:
+def out_of_memory(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    with job_frame(OperationParams, params or {}, kind="out_of_memory") as job:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return job.result
 
-    return run_job("out_of_memory", {}, body, results_dir=get_results_dir())
 
-
-def bug() -> dict:
-    def body(ctx: JobContext) -> dict:
+def bug(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    with job_frame(OperationParams, params or {}, kind="bug") as job:
         raise RuntimeError("something broke")
-
-    return run_job("bug", {}, body, results_dir=get_results_dir())
+    return job.result

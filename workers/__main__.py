@@ -1,7 +1,9 @@
 """Worker entry point: ``python -m workers``.
 
-Reads the settings, loads the resident models once, publishes what it can serve (for
-/readyz and the API's 503 answers), sweeps expired results, then runs the no-fork worker.
+Reads the settings, loads the resident models once, publishes what it can serve and why not the rest
+(for /readyz and the API's 503 answers), sweeps expired results, then runs the no-fork worker. On SIGINT or
+SIGTERM it finishes the job at hand, unregisters and exits 0; if Redis is already gone it says so in one
+line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 
-from app.settings import get_settings  # the one settings class, shared with the API
+from core.protocol import capabilities_key
+from core.settings import get_settings
+from core.storage import sweep_expired
 from workers import registry as model_registry
-from workers.protocol import capabilities_key
-from workers.storage import sweep_expired
 from workers.worker import ResidentWorker
 
 log = logging.getLogger("workers")
 
 
-def _sweeper(results_dir, max_age_s: float, stop: threading.Event, every_s: float = 600) -> None:
+def _sweeper(results_dir: Path, max_age_s: float, stop: threading.Event, every_s: float = 600) -> None:
     while True:
         try:
             sweep_expired(results_dir, max_age_s)
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.results_dir.mkdir(parents=True, exist_ok=True)
 
     registry = model_registry.build_registry(settings)
-    model_registry.install(registry, results_dir=settings.results_dir)
+    model_registry.install(registry, settings)
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
 
@@ -62,15 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         maintenance_interval=settings.worker_maintenance_s,
         default_result_ttl=settings.result_ttl_s,
     )
-    redis.hset(capabilities_key(), name, json.dumps(registry.describe()))
     stop = threading.Event()
-    threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, stop), daemon=True).start()
-    log.info("worker %s ready on queue %r with %s", name, settings.queue_name, registry.operations())
     try:
+        redis.hset(capabilities_key(), name, json.dumps(registry.describe()))
+        threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, stop), daemon=True).start()
+        log.info("worker %s ready on queue %r with %s", name, settings.queue_name, registry.operations())
         worker.work(burst=args.burst, with_scheduler=False, logging_level=settings.log_level)
+        redis.hdel(capabilities_key(), name)
+    except RedisError as exc:
+        log.error("worker %s stopped: Redis at %s is unreachable (%s)", name, settings.redis_url, exc)
+        return 1
     finally:
         stop.set()
-        redis.hdel(capabilities_key(), name)
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 from redis import Redis
 from rq import Queue, Worker
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
-"""Job functions, enqueued by dotted name (see `workers.protocol.JOB_FUNCTIONS`).
+"""Job functions, one per operation (``core.operations.OPERATIONS``), enqueued by dotted name.
 
-Each is thin: JSON-able arguments and input file names in, one `models` call with the resident
-model, PNGs + manifest out (through `runtime.run_job`), a small dict returned.
+Each is thin and reads top to bottom: the parameters as JSON in, validated by the job frame; one ``models``
+call with the resident model; PNGs written through the frame, which adds the manifest and returns the
+small result dict (``workers.frame``).
 """
 
 from __future__ import annotations
@@ -9,171 +10,125 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from core.operations import IfAnagram, IfDenoise, IfHybrid, IfInpaint, IfParams, IfSample, IfSdedit, MnistSample
+from models import imageio
+from models.diffusion import ops
+from models.diffusion.engine import IFEngine
+from models.diffusion.views import get_view
 from models.flow.grid import make_grid
 from models.flow.sampling import generate
-from workers import imageio
-from workers.registry import get_registry, get_results_dir
-from workers.runtime import JobContext, run_job
+from workers.frame import JobFrame, job_frame
+
+SIGNED = (-1.0, 1.0)  # DeepFloyd images are in [-1, 1]
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def mnist_sample(*, digit: int | None, n: int, steps: int, guidance: float, sampler: str, seed: int) -> dict[str, Any]:
+def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
     """n digits (of class `digit`, or unguided) as one PNG grid, white on black, min(n, 10) columns."""
-    params = {"digit": digit, "n": n, "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed}
-
-    def body(ctx: JobContext) -> dict[str, Any]:
-        registry = get_registry()
-        name = "mnist_time" if digit is None else "mnist_class"
-        model = registry.get(name)
-        images = generate(
-            model,
-            n=n,
-            digits=None if digit is None else [digit] * n,
-            steps=steps,
-            guidance=guidance,
-            method=sampler,
-            generator=_generator(registry.device, seed),
-            callback=ctx.progress,
-        )
-        grid = make_grid(images, ncols=min(n, 10))
-        ctx.save("samples.png", imageio.png_bytes(grid), main=True, shape=list(grid.shape))
-        return {"seed": seed, "model": {"name": name, "source": registry.models[name].source},
-                "device": str(registry.device)}
-
-    return run_job("mnist_sample", params, body, results_dir=get_results_dir())
+    with job_frame(MnistSample, params) as job:
+        p = job.params
+        name = "mnist_time" if p.digit is None else "mnist_class"
+        images = generate(job.model(name), n=p.n, digits=None if p.digit is None else [p.digit] * p.n, steps=p.steps,
+                          guidance=p.guidance, method=p.sampler.value, generator=job.generator, callback=job.progress)
+        grid = make_grid(images, ncols=min(p.n, 10))
+        job.save("samples.png", imageio.png_bytes(grid), main=True, shape=list(grid.shape))
+        job.record(model={"name": name, "source": job.registry.source(name)})
+    return job.result
 
 
-# ---- DeepFloyd IF -------------------------------------------------------------------------------
+# ---- DeepFloyd IF -------------------------------------------------------------------------------------------
 
-def _if_run(kind: str, params: dict[str, Any], produce) -> dict[str, Any]:
-    """Shared frame of the IF jobs: resident engines, the seeded generator, optional stage II.
-
-    `produce(ctx, engine, generator, progress) -> (result (1, 3, S, S) in [-1, 1], prompt for stage II)`
-    writes its own extra files; this writes `result.png` (or `result_256.png` as the main file when
-    upscaled) and the manifest fields.
-    """
-    from models.diffusion.ops import upscale
-
-    def body(ctx: JobContext) -> dict[str, Any]:
-        registry = get_registry()
-        engine = registry.get("if_stage1")
-        generator = _generator(registry.device, params["seed"])
-        result, prompt = produce(ctx, engine, generator, ctx.stage_progress("I"))
-        ctx.save("result.png", imageio.png_bytes(result[0], value_range=(-1, 1)), main=True)
-        models = {"stage1": registry.models["if_stage1"].source}
-        if params.get("upscale"):
-            stage2 = registry.get("if_stage2")
-            big = upscale(stage2, result, prompt, generator=generator, callback=ctx.stage_progress("II"))
-            ctx.save(f"result_{big.shape[-1]}.png", imageio.png_bytes(big[0], value_range=(-1, 1)), main=True)
-            models["stage2"] = registry.models["if_stage2"].source
-        return {"seed": params["seed"], "models": models, "device": str(registry.device)}
-
-    return run_job(kind, params, body, results_dir=get_results_dir())
-
-
-def _input_image(ctx: JobContext, engine, name: str = "image") -> torch.Tensor:
+def _input_image(job: JobFrame[Any], engine: IFEngine) -> torch.Tensor:
     """The upload as the model uses it: center-cropped and resized to the model size, (1, 3, S, S)."""
-    from models.diffusion.ops import center_crop_resize
-
-    image = center_crop_resize(imageio.decode_image(ctx.input_bytes(name)), engine.image_size)
-    ctx.save("input.png", imageio.png_bytes(image[0], value_range=(-1, 1)))
+    image = ops.center_crop_resize(imageio.decode_image(job.input_bytes("image")), engine.image_size)
+    job.save("input.png", imageio.png_bytes(image[0], value_range=SIGNED))
     return image.to(engine.device)
 
 
-def if_sample(*, prompt: str, guidance: float, seed: int, upscale: bool = False) -> dict[str, Any]:
-    from models.diffusion import ops
-
-    params = {"prompt": prompt, "guidance": guidance, "seed": seed, "upscale": upscale}
-
-    def produce(ctx, engine, generator, progress):
-        return ops.sample(engine, prompt, guidance=guidance, generator=generator, callback=progress), prompt
-
-    return _if_run("if_sample", params, produce)
-
-
-def if_sdedit(*, prompt: str, i_start: int, guidance: float, seed: int, upscale: bool = False,
-              inputs: list[str]) -> dict[str, Any]:
-    from models.diffusion import ops
-
-    params = {"prompt": prompt, "i_start": i_start, "guidance": guidance, "seed": seed, "upscale": upscale}
-
-    def produce(ctx, engine, generator, progress):
-        image = _input_image(ctx, engine)
-        out = ops.sdedit(engine, image, prompt, i_start=i_start, guidance=guidance, generator=generator,
-                         callback=progress)
-        return out, prompt
-
-    return _if_run("if_sdedit", params, produce)
+def _stage1_result(job: JobFrame[Any], image: torch.Tensor, prompt: str) -> None:
+    """Write the stage-I result (``result.png``) and, with ``upscale``, the stage-II one as the main file."""
+    params: IfParams = job.params
+    job.save("result.png", imageio.png_bytes(image[0], value_range=SIGNED), main=True)
+    models = {"stage1": job.registry.source("if_stage1")}
+    if params.upscale:
+        big = ops.upscale(job.model("if_stage2"), image, prompt, generator=job.generator,
+                          callback=job.stage_progress("II"))
+        job.save(f"result_{big.shape[-1]}.png", imageio.png_bytes(big[0], value_range=SIGNED), main=True)
+        models["stage2"] = job.registry.source("if_stage2")
+    job.record(models=models)
 
 
-def if_inpaint(*, prompt: str, guidance: float, seed: int, upscale: bool = False, inputs: list[str]) -> dict[str, Any]:
-    from models.diffusion import ops
+def if_sample(params: dict[str, Any]) -> dict[str, Any]:
+    """Text to image."""
+    with job_frame(IfSample, params) as job:
+        p = job.params
+        out = ops.sample(job.model("if_stage1"), p.prompt, guidance=p.guidance, generator=job.generator,
+                         callback=job.stage_progress("I"))
+        _stage1_result(job, out, p.prompt)
+    return job.result
 
-    params = {"prompt": prompt, "guidance": guidance, "seed": seed, "upscale": upscale}
 
-    def produce(ctx, engine, generator, progress):
-        image = _input_image(ctx, engine)
-        mask = ops.center_crop_resize(imageio.decode_mask(ctx.input_bytes("mask")), engine.image_size, mode="nearest")
+def if_sdedit(params: dict[str, Any]) -> dict[str, Any]:
+    """SDEdit: the upload noised to ``i_start``, denoised with the prompt."""
+    with job_frame(IfSdedit, params) as job:
+        p = job.params
+        engine = job.model("if_stage1")
+        out = ops.sdedit(engine, _input_image(job, engine), p.prompt, i_start=p.i_start, guidance=p.guidance,
+                         generator=job.generator, callback=job.stage_progress("I"))
+        _stage1_result(job, out, p.prompt)
+    return job.result
+
+
+def if_inpaint(params: dict[str, Any]) -> dict[str, Any]:
+    """Inpainting where the mask is white; ``mask.png`` is the mask as used (model size, binary)."""
+    with job_frame(IfInpaint, params) as job:
+        p = job.params
+        engine = job.model("if_stage1")
+        image = _input_image(job, engine)
+        mask = ops.center_crop_resize(imageio.decode_mask(job.input_bytes("mask")), engine.image_size, mode="nearest")
         mask = (mask >= 0.5).float()
-        ctx.save("mask.png", imageio.png_bytes(mask[0]))
-        out = ops.inpaint(engine, image, mask.to(engine.device), prompt, guidance=guidance, generator=generator,
-                          callback=progress)
-        return out, prompt
-
-    return _if_run("if_inpaint", params, produce)
-
-
-def if_anagram(*, prompts: list[str], views: list[str], guidance: float, seed: int,
-               upscale: bool = False) -> dict[str, Any]:
-    from models.diffusion import ops
-    from models.diffusion.views import get_view
-
-    params = {"prompts": prompts, "views": views, "guidance": guidance, "seed": seed, "upscale": upscale}
-
-    def produce(ctx, engine, generator, progress):
-        view_objs = [get_view(v) for v in views]
-        out = ops.anagram(engine, prompts, view_objs, guidance=guidance, generator=generator, callback=progress)
-        for i, (name, view) in enumerate(zip(views, view_objs)):
-            ctx.save(f"view_{i}_{name}.png", imageio.png_bytes(view.view(out)[0], value_range=(-1, 1)),
-                     prompt=prompts[i], view=name)
-        return out, prompts[0]
-
-    return _if_run("if_anagram", params, produce)
+        job.save("mask.png", imageio.png_bytes(mask[0]))
+        out = ops.inpaint(engine, image, mask.to(engine.device), p.prompt, guidance=p.guidance,
+                          generator=job.generator, callback=job.stage_progress("I"))
+        _stage1_result(job, out, p.prompt)
+    return job.result
 
 
-def if_hybrid(*, prompt_low: str, prompt_high: str, kernel_size: int, sigma: float, guidance: float, seed: int,
-              upscale: bool = False) -> dict[str, Any]:
-    import torch.nn.functional as F
-
-    from models.diffusion import ops
-
-    params = {"prompt_low": prompt_low, "prompt_high": prompt_high, "kernel_size": kernel_size, "sigma": sigma,
-              "guidance": guidance, "seed": seed, "upscale": upscale}
-
-    def produce(ctx, engine, generator, progress):
-        out = ops.hybrid(engine, prompt_low, prompt_high, kernel_size=kernel_size, sigma=sigma, guidance=guidance,
-                         generator=generator, callback=progress)
-        small = F.interpolate(out, size=max(out.shape[-1] // 4, 1), mode="area")  # the image seen from afar
-        ctx.save("low_frequency.png", imageio.png_bytes(small[0], value_range=(-1, 1)), reading=prompt_low)
-        return out, prompt_high
-
-    return _if_run("if_hybrid", params, produce)
+def if_anagram(params: dict[str, Any]) -> dict[str, Any]:
+    """A visual anagram, and the result as seen in each view (``view_<i>_<name>.png``)."""
+    with job_frame(IfAnagram, params) as job:
+        p = job.params
+        views = [get_view(v) for v in p.views or ()]
+        out = ops.anagram(job.model("if_stage1"), p.prompts, views, guidance=p.guidance, generator=job.generator,
+                          callback=job.stage_progress("I"))
+        for i, (prompt, view) in enumerate(zip(p.prompts, views, strict=True)):
+            job.save(f"view_{i}_{view.name}.png", imageio.png_bytes(view.view(out)[0], value_range=SIGNED),
+                     prompt=prompt, view=view.name)
+        _stage1_result(job, out, p.prompts[0])
+    return job.result
 
 
-def if_denoise(*, t: int, method: str, prompt: str, guidance: float, seed: int, inputs: list[str]) -> dict[str, Any]:
-    from models.diffusion import ops
+def if_hybrid(params: dict[str, Any]) -> dict[str, Any]:
+    """A hybrid image, and ``low_frequency.png``: the image seen from afar (a quarter of its size)."""
+    with job_frame(IfHybrid, params) as job:
+        p = job.params
+        out = ops.hybrid(job.model("if_stage1"), p.prompt_low, p.prompt_high, kernel_size=p.kernel_size,
+                         sigma=p.sigma, guidance=p.guidance, generator=job.generator, callback=job.stage_progress("I"))
+        small = F.interpolate(out, size=max(out.shape[-1] // 4, 1), mode="area")
+        job.save("low_frequency.png", imageio.png_bytes(small[0], value_range=SIGNED), reading=p.prompt_low)
+        _stage1_result(job, out, p.prompt_high)
+    return job.result
 
-    params = {"t": t, "method": method, "prompt": prompt, "guidance": guidance, "seed": seed}
 
-    def produce(ctx, engine, generator, progress):
-        image = _input_image(ctx, engine)
-        res = ops.denoise(engine, image, t, method, prompt=prompt, guidance=guidance, generator=generator,
-                          callback=progress)
-        ctx.save("noisy.png", imageio.png_bytes(res.noisy[0], value_range=(-1, 1)))
-        return res.denoised, prompt
-
-    return _if_run("if_denoise", params, produce)
+def if_denoise(params: dict[str, Any]) -> dict[str, Any]:
+    """The upload noised to ``t`` (``noisy.png``) and denoised with ``method`` (``result.png``)."""
+    with job_frame(IfDenoise, params) as job:
+        p = job.params
+        engine = job.model("if_stage1")
+        res = ops.denoise(engine, _input_image(job, engine), p.t, p.method, prompt=p.prompt, guidance=p.guidance,
+                          generator=job.generator, callback=job.stage_progress("I"))
+        job.save("noisy.png", imageio.png_bytes(res.noisy[0], value_range=SIGNED))
+        job.save("result.png", imageio.png_bytes(res.denoised[0], value_range=SIGNED), main=True)
+        job.record(models={"stage1": job.registry.source("if_stage1")})
+    return job.result

@@ -1,24 +1,28 @@
 """Resident models: loaded once when the worker process starts, shared by every job.
 
-The entry point builds a `ModelRegistry` from the settings and installs it with `install()`;
-job functions get it with `get_registry()`. A model that fails to load is recorded with the
-reason (and its operations are not advertised), so the API can answer 503 with that reason.
+The entry point builds a `ModelRegistry` from the settings and installs it with `install()`; job
+functions get it (and the settings) with `get_registry()` / `get_settings()`. A model that fails to load
+is recorded with the reason; its operations are not advertised, and the reason is published for each of
+them, so that /readyz and the API's 503 answers can say why.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.operations import IF_UPSCALE, OPERATIONS
+from core.settings import Settings
+
 log = logging.getLogger(__name__)
 
-MNIST_OPERATIONS = ("mnist_sample",)
-IF_OPERATIONS = ("if_sample", "if_sdedit", "if_inpaint", "if_anagram", "if_hybrid", "if_denoise")
+MNIST_OPERATIONS = tuple(name for name in OPERATIONS if name.startswith("mnist_"))
+IF_OPERATIONS = tuple(name for name in OPERATIONS if name.startswith("if_"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,6 +33,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE={name} but CUDA is not available on this machine")
     return device
+
+
+def if_wanted(settings: Settings, device: torch.device) -> tuple[bool, str | None]:
+    """Whether to load DeepFloyd IF, and if not, why (IF_ENABLED=auto loads it on a CUDA device only)."""
+    if settings.if_enabled == "true":
+        return True, None
+    if settings.if_enabled == "false":
+        return False, "DeepFloyd IF is disabled on this worker (IF_ENABLED=false)"
+    if device.type == "cuda":
+        return True, None
+    return False, (f"DeepFloyd IF is off: IF_ENABLED=auto loads it only on a CUDA device and this worker runs on "
+                   f"{device.type} (set IF_ENABLED=true to run it here anyway)")
 
 
 @dataclass
@@ -43,9 +59,12 @@ class LoadedModel:
 
 @dataclass
 class ModelRegistry:
+    """The resident models of one worker, the load errors, and what is deliberately not loaded."""
+
     device: torch.device
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    disabled: dict[str, str] = field(default_factory=dict)  # operation -> why it is not configured
 
     def get(self, name: str) -> Any:
         if name not in self.models:
@@ -53,15 +72,26 @@ class ModelRegistry:
             raise ModelNotLoaded(f"model {name!r} is not loaded: {reason}")
         return self.models[name].model
 
+    def source(self, name: str) -> str:
+        return self.models[name].source
+
     def operations(self) -> list[str]:
-        ops: list[str] = []
-        if {"mnist_time", "mnist_class"} <= self.models.keys():
-            ops += MNIST_OPERATIONS
-        if "if_stage1" in self.models:
-            ops += IF_OPERATIONS
-            if "if_stage2" in self.models:
-                ops.append("if_upscale")
-        return ops
+        return [op for op in [*OPERATIONS, IF_UPSCALE] if op not in self.unavailable()]
+
+    def unavailable(self) -> dict[str, str]:
+        """Every operation this worker cannot serve, with the reason."""
+        out: dict[str, str] = {}
+        missing = [f"{name}: {self.errors.get(name, 'not loaded')}" for name in ("mnist_time", "mnist_class")
+                   if name not in self.models]
+        if missing:
+            out.update(dict.fromkeys(MNIST_OPERATIONS, "; ".join(missing)))
+        for op, reason in self.disabled.items():
+            out.setdefault(op, reason)
+        for name, ops in (("if_stage1", (*IF_OPERATIONS, IF_UPSCALE)), ("if_stage2", (IF_UPSCALE,))):
+            if name in self.errors:
+                for op in ops:
+                    out.setdefault(op, f"{name}: {self.errors[name]}")
+        return out
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary published for /readyz."""
@@ -73,6 +103,7 @@ class ModelRegistry:
             },
             "errors": self.errors,
             "operations": self.operations(),
+            "unavailable": self.unavailable(),
         }
 
 
@@ -90,34 +121,42 @@ def load_mnist(registry: ModelRegistry, name: str, path: Path) -> None:
 
 
 def _jsonable(config: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(config) if is_dataclass(config) else str(config)
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else str(config)
 
 
-_REGISTRY: ModelRegistry | None = None
-_RESULTS_DIR: Path | None = None
+@dataclass(frozen=True)
+class WorkerContext:
+    """What job functions reach through the process: the settings and the resident models."""
+
+    settings: Settings
+    registry: ModelRegistry
 
 
-def install(registry: ModelRegistry, *, results_dir: Path) -> None:
-    """Called once by the worker entry point, before it takes jobs."""
-    global _REGISTRY, _RESULTS_DIR
-    _REGISTRY, _RESULTS_DIR = registry, Path(results_dir)
+_CONTEXT: WorkerContext | None = None
 
 
-def get_results_dir() -> Path:
-    if _RESULTS_DIR is None:
-        raise ModelNotLoaded("no results directory: jobs must run inside the worker started by `python -m workers`")
-    return _RESULTS_DIR
+def install(registry: ModelRegistry, settings: Settings) -> None:
+    """Called once by the worker entry point (or an in-process test worker), before it takes jobs."""
+    global _CONTEXT
+    _CONTEXT = WorkerContext(settings, registry)
+
+
+def _context() -> WorkerContext:
+    if _CONTEXT is None:
+        raise ModelNotLoaded("no model registry: jobs must run inside the worker started by `python -m workers`")
+    return _CONTEXT
 
 
 def get_registry() -> ModelRegistry:
-    if _REGISTRY is None:
-        raise ModelNotLoaded("no model registry: jobs must run inside the worker started by `python -m workers`")
-    return _REGISTRY
+    return _context().registry
 
 
-def build_registry(settings: Any) -> ModelRegistry:
+def get_settings() -> Settings:
+    """The settings the worker was started with (the API reads the same class)."""
+    return _context().settings
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
     """Load every configured model once. Failures are recorded, logged in one line, and not fatal:
     the worker still serves what did load, and /readyz shows the reason for the rest."""
     registry = ModelRegistry(device=resolve_device(settings.device))
@@ -127,16 +166,21 @@ def build_registry(settings: Any) -> ModelRegistry:
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not crash-loop the worker
             registry.errors[name] = f"{type(exc).__name__}: {exc}"
             log.error("could not load %s from %s: %s", name, path, exc)
-    if settings.if_enabled:
+    wanted, why_not = if_wanted(settings, registry.device)
+    if wanted:
         load_if(registry, settings)
+    else:
+        assert why_not is not None
+        log.info("%s", why_not)
+        registry.disabled.update(dict.fromkeys((*IF_OPERATIONS, IF_UPSCALE), why_not))
     return registry
 
 
-def load_if(registry: ModelRegistry, settings: Any) -> None:
+def load_if(registry: ModelRegistry, settings: Settings) -> None:
     """DeepFloyd IF stage I (and optionally stage II), resident for the life of the process."""
-    try:
-        from models.diffusion import engine as if_engine
+    from models.diffusion import engine as if_engine
 
+    try:
         t0 = time.perf_counter()
         stage1 = if_engine.load_stage1(
             settings.if_stage1_model,
@@ -153,15 +197,18 @@ def load_if(registry: ModelRegistry, settings: Any) -> None:
         registry.errors["if_stage1"] = f"{type(exc).__name__}: {exc}"
         log.error("could not load DeepFloyd IF stage I (%s): %s", settings.if_stage1_model, exc)
         return
-    if settings.if_stage2_model:
-        try:
-            t0 = time.perf_counter()
-            stage2 = if_engine.load_stage2(
-                settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
-            )
-            registry.models["if_stage2"] = LoadedModel(
-                stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
-            )
-        except Exception as exc:  # noqa: BLE001
-            registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
-            log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)
+    if not settings.if_stage2_model:
+        registry.disabled[IF_UPSCALE] = "no stage-II model is configured (IF_STAGE2_MODEL is empty)"
+        return
+    try:
+        t0 = time.perf_counter()
+        stage2 = if_engine.load_stage2(
+            settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
+        )
+        registry.models["if_stage2"] = LoadedModel(
+            stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
+        )
+    except Exception as exc:  # noqa: BLE001
+        registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
+        log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)
+

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timezone
+
+from typing import Any
 
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class ResidentWorker(SimpleWorker):
-    def __init__(self, *args, heartbeat_s: int = 5, dead_after_s: int = 30, **kwargs) -> None:
+    def __init__(self, *args: Any, heartbeat_s: int = 5, dead_after_s: int = 30, **kwargs: Any) -> None:
         if dead_after_s <= heartbeat_s:
             raise ValueError("dead_after_s must exceed heartbeat_s")
         kwargs.setdefault("worker_ttl", max(dead_after_s, 16))
@@ -33,6 +36,14 @@ class ResidentWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.dead_after_s
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's bookkeeping, plus the start time of this attempt in the job's meta: RQ rewrites
+        ``started_at`` when the job ends, so clients would see it change between two polls."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        if job.started_at is not None:
+            job.meta["started_at"] = job.started_at.replace(tzinfo=timezone.utc).isoformat()
+            job.save_meta()
 
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):

@@ -11,7 +11,9 @@ from app import jobs
 from app.deps import QueueDep, RedisDep, SettingsDep, require_api_key
 from app.problems import Problem
 from app.schemas import JobBody
-from workers import storage
+from core import storage
+from core.settings import Settings
+from redis import Redis
 
 JobId = Annotated[str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])]
 FileName = Annotated[str, Path(description="a name from the job's `results`", examples=["samples.png"])]
@@ -31,7 +33,7 @@ def get_job(job_id: JobId, redis: RedisDep, queue: QueueDep) -> JobBody:
     return jobs.view(jobs.fetch(redis, job_id), redis, queue)
 
 
-def _file(settings, redis, job_id: str, name: str | None) -> FileResponse:
+def _file(settings: Settings, redis: Redis, job_id: str, name: str | None) -> FileResponse:
     job = jobs.fetch(redis, job_id)
     state = jobs.state_of(job)
     if state.value != "succeeded":
@@ -56,12 +58,16 @@ _FILE_RESPONSES = {
 }
 
 
-@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse, responses=_FILE_RESPONSES)
+@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse,
+            responses=_FILE_RESPONSES)
+@router.head("/{job_id}/result", include_in_schema=False)
 def get_result(job_id: JobId, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, None)
 
 
-@router.get("/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse, responses=_FILE_RESPONSES)
+@router.get("/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse,
+            responses=_FILE_RESPONSES)
+@router.head("/{job_id}/files/{name}", include_in_schema=False)
 def get_file(job_id: JobId, name: FileName, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, name)
 

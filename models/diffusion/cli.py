@@ -3,7 +3,8 @@
     python -m models.diffusion.cli --model DIR_OR_ID --out OUT_DIR OPERATION [options]
 
 See ``models/diffusion/README.md`` for every operation and option. This is the only module of the package
-that touches files and PIL.
+that touches files; images and masks are read and written with the project's one codec, ``models.imageio``
+(the worker uses the same one), so a file means the same here as in a request.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from .. import imageio
 from .engine import DEFAULT_STAGE1_MODEL, IFEngine, ModelUnavailableError, load_stage1, load_stage2
 from .ops import DenoiseMethod, anagram, center_crop_resize, denoise, hybrid, inpaint, sample, sdedit, upscale
 from .views import VIEWS, get_view
@@ -25,68 +27,43 @@ from .views import VIEWS, get_view
 logger = logging.getLogger("models.diffusion.cli")
 
 
-def read_image(path: str | Path) -> Tensor:
-    """An image file as (1, 3, H, W) float32 in [-1, 1] (RGB; alpha dropped)."""
-    from PIL import Image
+class Trajectory:
+    """A callback that records x_t after every step (first image of the batch, clamped, on the CPU) and
+    shows a progress bar on stderr."""
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+    def __init__(self, desc: str = "", progress: bool = True) -> None:
+        self.frames: list[Tensor] = []
+        self.desc, self.progress = desc, progress
+        self._bar: tqdm | None = None
 
+    def __call__(self, step: int, total: int, x_t: Tensor, *_: object) -> None:
+        self.frames.append(x_t[0].detach().float().cpu().clamp(-1, 1))
+        if self.progress:
+            if self._bar is None:
+                self._bar = tqdm(total=total, desc=self.desc, unit="step", leave=False)
+            self._bar.update(step - self._bar.n)
+            if step >= total:
+                self._bar.close()
+                self._bar = None
 
-def read_mask(path: str | Path) -> Tensor:
-    """A mask file as (1, 1, H, W) in {0, 1}: white (> 127) = 1 = generate new content."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L")) > 127
-    return torch.from_numpy(arr.astype(np.float32))[None, None]
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    def write(self, path_stem: Path, kind: str, max_frames: int, scale: int) -> Path | None:
+        if not self.frames:
+            return None
+        if kind == "strip":
+            path = imageio.write_png(imageio.strip(self.frames, max_frames), path_stem.with_name(
+                path_stem.name + "_trajectory.png"), scale=scale)
+        else:
+            path = path_stem.with_name(path_stem.name + "_trajectory.gif")
+            path.write_bytes(imageio.gif_bytes(self.frames, scale=scale))
+        logger.info("wrote %s", path)
+        return path
 
 
 def write_png(x: Tensor, path: Path) -> Path:
     """Write (1, 3, H, W) or (3, H, W) in [-1, 1] as a PNG."""
-    from PIL import Image
-
-    Image.fromarray(to_uint8(x[0] if x.ndim == 4 else x)).save(path)
+    imageio.write_png(x, path)
     logger.info("wrote %s", path)
     return path
-
-
-class Trajectory:
-    """A callback that records x_t after every step (first image of the batch, clamped, on the CPU)."""
-
-    def __init__(self) -> None:
-        self.frames: list[Tensor] = []
-
-    def __call__(self, step: int, total: int, x_t: Tensor) -> None:
-        self.frames.append(x_t[0].detach().float().cpu().clamp(-1, 1))
-        logger.debug("step %d/%d", step, total)
-
-    def write(self, path_stem: Path, kind: str, max_frames: int, scale: int) -> Path | None:
-        from PIL import Image
-
-        if not self.frames:
-            return None
-        if kind == "strip":
-            n = min(max_frames, len(self.frames))
-            idx = np.linspace(0, len(self.frames) - 1, n).round().astype(int)
-            strip = torch.cat([self.frames[i] for i in idx], dim=-1)
-            img = Image.fromarray(to_uint8(strip))
-            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-            path = path_stem.with_name(path_stem.name + "_trajectory.png")
-            img.save(path)
-        else:
-            images = [Image.fromarray(to_uint8(f)) for f in self.frames]
-            images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
-            path = path_stem.with_name(path_stem.name + "_trajectory.gif")
-            images[0].save(path, save_all=True, append_images=images[1:] + [images[-1]] * 5, duration=80, loop=0)
-        logger.info("wrote %s", path)
-        return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -187,26 +164,26 @@ def run(args: argparse.Namespace) -> list[Path]:
     common = dict(guidance=args.guidance, stride=args.stride)
     if args.op == "sample":
         assert stage1 is not None
-        traj = Trajectory()
+        traj = Trajectory(args.op)
         emit("sample", sample(stage1, args.prompt, generator=gen(), callback=traj, batch_size=args.batch,
                               **common), traj, args.prompt)
     elif args.op == "sdedit":
         assert stage1 is not None
-        image = read_image(args.image)
+        image = imageio.read_image(args.image)
         written.append(write_png(center_crop_resize(image, stage1.image_size), args.out / "input.png"))
         for i in args.i_start:
-            traj = Trajectory()
+            traj = Trajectory(args.op)
             emit(f"sdedit_i{i}", sdedit(stage1, image, args.prompt, i_start=i, generator=gen(), callback=traj,
                                         **common), traj, args.prompt)
     elif args.op == "inpaint":
         assert stage1 is not None
-        traj = Trajectory()
-        emit("inpaint", inpaint(stage1, read_image(args.image), read_mask(args.mask), args.prompt, generator=gen(),
+        traj = Trajectory(args.op)
+        emit("inpaint", inpaint(stage1, imageio.read_image(args.image), imageio.read_mask(args.mask), args.prompt, generator=gen(),
                                 callback=traj, **common), traj, args.prompt)
     elif args.op == "anagram":
         assert stage1 is not None
         views = [get_view(v) for v in (args.view or ["identity", "flip_vertical"])]
-        traj = Trajectory()
+        traj = Trajectory(args.op)
         image = anagram(stage1, args.prompt, views, generator=gen(), callback=traj, **common)
         emit("anagram", image, traj, args.prompt[0])
         for i, (view, prompt) in enumerate(zip(views, args.prompt)):
@@ -214,16 +191,16 @@ def run(args: argparse.Namespace) -> list[Path]:
             logger.info("view %d (%s): %s", i, view.name, prompt)
     elif args.op == "hybrid":
         assert stage1 is not None
-        traj = Trajectory()
+        traj = Trajectory(args.op)
         emit("hybrid", hybrid(stage1, args.prompt_low, args.prompt_high, kernel_size=args.kernel_size,
                               sigma=args.sigma, generator=gen(), callback=traj, **common), traj, args.prompt_low)
     elif args.op == "denoise":
         assert stage1 is not None
-        image = read_image(args.image)
+        image = imageio.read_image(args.image)
         written.append(write_png(center_crop_resize(image, stage1.image_size), args.out / "input.png"))
         for t in args.t:
             for method in args.method:
-                traj = Trajectory()
+                traj = Trajectory(args.op)
                 result = denoise(stage1, image, t, method, prompt=args.prompt, generator=gen(), callback=traj,
                                  blur_kernel_size=args.blur_kernel_size, blur_sigma=args.blur_sigma, **common)
                 if method == args.method[0]:  # same seed: the same x_t for every method
@@ -231,8 +208,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                 emit(f"denoise_{method}_t{t}", result.denoised, traj, args.prompt)
     elif args.op == "upscale":
         assert stage2 is not None
-        traj = Trajectory()
-        big = upscale(stage2, read_image(args.image), args.prompt, guidance=args.upscale_guidance, generator=gen(),
+        traj = Trajectory(args.op)
+        big = upscale(stage2, imageio.read_image(args.image), args.prompt, guidance=args.upscale_guidance, generator=gen(),
                       callback=traj, steps=args.upscale_steps)
         written.append(write_png(big, args.out / f"upscale_{stage2.image_size}.png"))
         if args.trajectory != "none":

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from app.settings import Settings
-from workers.protocol import tombstone_key
+from core.settings import Settings
+from core.protocol import tombstone_key
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.images import gradient
 
 
@@ -59,7 +59,7 @@ def test_no_path_traversal(locked, path) -> None:
 
 
 def test_storage_refuses_bad_ids_and_names(tmp_path) -> None:
-    from workers import storage
+    from core import storage
 
     with pytest.raises(ValueError):
         storage.job_dir(tmp_path, "../x")

@@ -4,13 +4,14 @@ check that they parse and agree with the settings class and the code."""
 from __future__ import annotations
 
 import re
+import tomllib
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {name.upper() for name in Settings.model_fields}
@@ -58,11 +59,27 @@ def test_dockerfile_targets_and_copied_paths_exist() -> None:
             assert (ROOT / src).exists(), src
 
 
-def test_api_image_has_every_module_the_api_imports() -> None:
-    text = (ROOT / "Dockerfile.gpu").read_text().split("AS api", 1)[1]
-    copied = {src for line in re.findall(r"^COPY (.+)$", text, flags=re.M) for src in line.split()[:-1]}
-    code = "import sys, app.main; print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith(('app', 'workers')) and getattr(m, '__file__', None)))"
-    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
-    for f in files:
-        rel = str(Path(f).relative_to(ROOT))
-        assert rel in copied or rel.split("/")[0] in copied, f"the api image lacks {rel}"
+def _image_copies(target: str) -> set[str]:
+    text = (ROOT / "Dockerfile.gpu").read_text().split(f"AS {target}", 1)[1].split("\nFROM ", 1)[0]
+    return {src for line in re.findall(r"^COPY (.+)$", text, flags=re.M) for src in line.split()[:-1]}
+
+
+def _project_modules(code: str) -> set[str]:
+    """Top-level folders of the project files that running ``code`` imports."""
+    script = f"import sys; {code}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)))"
+    files = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    tops = {Path(f).relative_to(ROOT).parts[0] for f in files if Path(f).is_relative_to(ROOT)}
+    return {top for top in tops if (ROOT / top / "__init__.py").is_file()}
+
+
+def test_each_image_has_every_package_its_process_imports() -> None:
+    assert _project_modules("import app.main") == {"app", "core"} <= _image_copies("api")
+    assert _project_modules("import workers.__main__, workers.jobs") == {"core", "models", "workers"} <= _image_copies("worker")
+
+
+def test_each_image_installs_its_extra() -> None:
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    assert 'pip install -e ".[worker]"' in text.split("AS api")[0]
+    assert 'pip install ".[api]"' in text.split("AS api")[1]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(name.startswith(("torch", "diffusers", "transformers")) for name in extras["api"])

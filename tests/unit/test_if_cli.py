@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from models.diffusion import load_stage1, sample
-from models.diffusion.cli import main, read_image, read_mask, to_uint8
+from models.diffusion.cli import main
+from models.imageio import read_image, read_mask, to_uint8
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,7 +23,8 @@ def test_sample_png_matches_the_operation_and_writes_a_gif(tiny_if_dirs: tuple[P
     assert rc == 0
     png = np.asarray(Image.open(tmp_path / "sample.png"))
     engine = load_stage1(tiny_if_dirs[0], device="cpu")
-    expected = to_uint8(sample(engine, "a photo of a dog", generator=torch.Generator().manual_seed(3), stride=100)[0])
+    expected = to_uint8(sample(engine, "a photo of a dog", generator=torch.Generator().manual_seed(3), stride=100)[0],
+                        value_range=(-1, 1))
     assert png.shape == (32, 32, 3) and np.array_equal(png, expected)
     with Image.open(tmp_path / "sample_trajectory.gif") as gif:
         assert gif.n_frames >= 10

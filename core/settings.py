@@ -3,7 +3,7 @@
 Every value comes from an environment variable of the same name in upper case (or a `.env`
 file in the working directory); `.env.example` documents them all. The API process and the
 worker process read the same class, so they always agree on Redis, queue and storage.
-This module must not import torch (the API process stays small).
+Torch-free: the API process imports it too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +23,17 @@ class Settings(BaseSettings):
     """All tunables of the API and the worker."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    @field_validator("if_enabled", mode="before")
+    @classmethod
+    def _if_enabled_words(cls, value: object) -> object:
+        """Accept the usual spellings of a boolean (1/0, yes/no, on/off, True/False) besides 'auto'."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(word, word)
+        return value
 
     # --- infrastructure -------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
@@ -56,7 +67,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     mnist_time_checkpoint: Path = CHECKPOINT_DIR / "mnist_time_fm.safetensors"
     mnist_class_checkpoint: Path = CHECKPOINT_DIR / "mnist_class_fm.safetensors"
-    if_enabled: bool = Field(False, description="load DeepFloyd IF in the worker")
+    if_enabled: Literal["auto", "true", "false"] = Field(
+        "auto", description="load DeepFloyd IF in the worker: 'auto' = when a CUDA device is present"
+    )
     if_stage1_model: str = "DeepFloyd/IF-I-XL-v1.0"
     if_stage2_model: str | None = Field("DeepFloyd/IF-II-L-v1.0", description="empty disables upscaling")
     if_variant: str = Field("auto", description="'auto' = fp16 on CUDA, none on CPU")

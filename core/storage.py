@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 MANIFEST = "manifest.json"
+INPUTS = "inputs"  # the uploads of a job, written by the API: <job>/inputs/<name>
 
 
 def is_job_id(job_id: str) -> bool:

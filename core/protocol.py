@@ -1,7 +1,7 @@
 """The contract between the API process and the worker processes (no torch here).
 
-Redis keys besides RQ's own, the job vocabulary, and the names of job functions. The API
-enqueues by dotted name, so it never imports the worker's heavy modules.
+The job vocabulary and the Redis keys besides RQ's own. The operations and the dotted names of their
+job functions are in ``core.operations``.
 """
 
 from __future__ import annotations
@@ -9,15 +9,6 @@ from __future__ import annotations
 import enum
 
 KEY_PREFIX = "svc"
-JOB_FUNCTIONS = {
-    "mnist_sample": "workers.jobs.mnist_sample",
-    "if_sample": "workers.jobs.if_sample",
-    "if_sdedit": "workers.jobs.if_sdedit",
-    "if_inpaint": "workers.jobs.if_inpaint",
-    "if_anagram": "workers.jobs.if_anagram",
-    "if_hybrid": "workers.jobs.if_hybrid",
-    "if_denoise": "workers.jobs.if_denoise",
-}
 
 
 class JobState(str, enum.Enum):
@@ -53,5 +44,6 @@ def idempotency_key(key: str) -> str:
 
 
 def capabilities_key() -> str:
-    """Hash worker name -> JSON of what that worker has loaded (read by /readyz)."""
+    """Hash worker name -> JSON of what that worker has loaded and serves, and why not the rest (read by
+    /readyz and by the API's 503 answers): ``{"device", "models", "operations", "unavailable": {op: reason}}``."""
     return f"{KEY_PREFIX}:capabilities"

@@ -1,0 +1,12 @@
+"""The torch-free core shared by the API (`app`) and the workers (`workers`).
+
+| module | what it holds |
+| --- | --- |
+| `settings` | the one pydantic-settings class (`Settings`, `get_settings`) |
+| `protocol` | the API-worker contract: job states, Redis keys, cancellation |
+| `operations` | one typed parameter model per operation, and the table of operations |
+| `storage` | result storage: one folder per job under `RESULTS_DIR` |
+
+`app` and `workers` both import this package and never each other; this package imports neither,
+nor `models` or torch (import contracts in `pyproject.toml`, checked by `make lint`).
+"""

@@ -1,0 +1,319 @@
+"""One typed parameter model per operation, shared by the API and the worker, and the table of operations.
+
+The API validates a request against ``Model.bounded(settings)`` (a FastAPI query or form model, so the
+OpenAPI schema states every limit, the settings-dependent ones included) and enqueues
+``params.model_dump(mode="json")``; the job validates that dict again with the same class and writes it
+into its manifest. A limit that depends on a setting is declared on its field with a ``SettingLimit``
+marker, which ``bounded`` turns into a native ``le`` (numbers) or ``max_length`` (text) constraint.
+
+Adding an operation: one model here, one entry in ``OPERATIONS``, one job function
+``workers.jobs.<name>`` that calls one ``models`` function.
+"""
+
+from __future__ import annotations
+
+import types
+from copy import copy
+from dataclasses import dataclass
+from enum import Enum
+from functools import cache
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+
+from core.settings import Settings
+
+__all__ = [
+    "MAX_SEED",
+    "NUM_TRAIN_TIMESTEPS",
+    "OPERATIONS",
+    "STRIDED_STEPS",
+    "VIEW_NAMES",
+    "IfAnagram",
+    "IfDenoise",
+    "IfHybrid",
+    "IfInpaint",
+    "IfSample",
+    "IfSdedit",
+    "MnistSample",
+    "Operation",
+    "OperationParams",
+    "Sampler",
+    "SettingLimit",
+    "Upload",
+    "operation_for_job",
+]
+
+MAX_SEED = 2**63 - 1
+#: Names of ``models.diffusion.views.VIEWS`` (kept here so that the API need not import torch; a test
+#: checks that both lists agree).
+VIEW_NAMES = ("flip_horizontal", "flip_vertical", "identity", "jigsaw", "negate", "rot180", "rot270", "rot90")
+ViewName = Literal["flip_horizontal", "flip_vertical", "identity", "jigsaw", "negate", "rot180", "rot270", "rot90"]
+STRIDED_STEPS = 34  # stage-I timesteps 990, 960, ..., 0
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class SettingLimit:
+    """An upper bound taken from a setting: ``le`` for a number, ``max_length`` for a string."""
+
+    setting: str
+
+
+def _bound(annotation: Any, limits: Mapping[str, Any]) -> Any:
+    """``annotation`` with every nested ``SettingLimit`` replaced by its native constraint."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = get_args(annotation)
+        base = _bound(base, limits)
+        return Annotated.__class_getitem__((base, *(_constraint(m, base, limits) for m in meta)))  # type: ignore[attr-defined]
+    if origin is list:
+        return list[_bound(get_args(annotation)[0], limits)]  # type: ignore[misc]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_bound(arg, limits) for arg in get_args(annotation))]  # noqa: UP007
+    return annotation
+
+
+def _constraint(meta: Any, base: Any, limits: Mapping[str, Any]) -> Any:
+    if not isinstance(meta, SettingLimit):
+        return meta
+    value = limits[meta.setting]
+    return annotated_types.MaxLen(value) if base is str else annotated_types.Le(value)
+
+
+def _setting_names(annotation: Any, metadata: Iterable[Any] = ()) -> set[str]:
+    """The settings that ``SettingLimit`` markers in ``annotation`` (and the field's ``metadata``) refer to."""
+    names = {m.setting for m in metadata if isinstance(m, SettingLimit)}
+    if get_origin(annotation) is Annotated:
+        base, *meta = get_args(annotation)
+        return names | _setting_names(base, meta)
+    for arg in get_args(annotation):
+        names |= _setting_names(arg)
+    return names
+
+
+class OperationParams(BaseModel):
+    """Parameters every operation shares; subclasses add their own."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same PNG; omitted = a random one",
+                             examples=[42])
+
+    @classmethod
+    def bounded(cls, settings: Settings) -> type[Self]:
+        """This model with the limits of ``settings`` (one class per model and set of limit values)."""
+        names: set[str] = set()
+        for info in cls.model_fields.values():
+            names |= _setting_names(info.annotation, info.metadata)
+        return _bounded(cls, tuple(sorted((name, getattr(settings, name)) for name in names)))  # type: ignore[return-value]
+
+
+@cache
+def _bounded(cls: type[OperationParams], limits: tuple[tuple[str, Any], ...]) -> type[OperationParams]:
+    if not limits:
+        return cls
+    values = dict(limits)
+    fields: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        annotation = _bound(info.annotation, values)
+        metadata = [_constraint(m, info.annotation, values) for m in info.metadata]
+        if annotation == info.annotation and metadata == info.metadata:
+            continue
+        field = copy(info)
+        field.metadata = metadata
+        fields[name] = (annotation, field)
+    return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
+
+
+# ---- field types shared by several operations ------------------------------------------------------------
+
+Prompt = Annotated[str, SettingLimit("max_prompt_chars"),
+                   Field(min_length=1, pattern=r"\S", description="text prompt (not blank)",
+                         examples=["an oil painting of a snowy mountain village"])]
+Guidance = Annotated[float, SettingLimit("max_guidance"),
+                     Field(ge=0, allow_inf_nan=False, description="classifier-free guidance scale", examples=[7.0])]
+
+
+# ---- MNIST flow matching ---------------------------------------------------------------------------------
+
+class Sampler(str, Enum):
+    """ODE solver for the flow-matching models (Euler: 1 network evaluation a step; Heun, midpoint: 2)."""
+
+    euler = "euler"
+    heun = "heun"
+    midpoint = "midpoint"
+
+
+class MnistSample(OperationParams):
+    """``n`` digits from the flow-matching models as one PNG grid."""
+
+    digit: int | None = Field(None, ge=0, le=9, description="0..9; omit for an unguided sample", examples=[7])
+    n: Annotated[int, SettingLimit("max_n")] = Field(10, ge=1, description="how many digits (at most MAX_N)",
+                                                     examples=[10])
+    steps: Annotated[int, SettingLimit("max_steps")] = Field(50, ge=1, description="ODE solver steps",
+                                                             examples=[50])
+    guidance: Annotated[float, SettingLimit("max_guidance")] = Field(
+        5.0, ge=0, allow_inf_nan=False, description="classifier-free guidance scale w (class model)", examples=[5.0])
+    sampler: Sampler = Field(Sampler.euler, description="ODE solver", examples=["euler"])
+
+
+# ---- DeepFloyd IF ----------------------------------------------------------------------------------------
+
+class IfParams(OperationParams):
+    """What every DeepFloyd IF operation shares."""
+
+    guidance: Guidance = 7.0
+    upscale: bool = Field(False, description="also upscale to 256x256 with stage II", examples=[False])
+
+
+class IfSample(IfParams):
+    """Text to image from pure noise."""
+
+    prompt: Prompt
+
+
+class IfSdedit(IfParams):
+    """SDEdit: noise the upload to the strided timestep ``i_start``, then denoise it with the prompt."""
+
+    prompt: Prompt = "a high quality photo"
+    i_start: int = Field(10, ge=0, le=STRIDED_STEPS - 1, examples=[10],
+                         description="index into 990, 960, ..., 0: small = more noise, more change")
+
+
+class IfInpaint(IfParams):
+    """Inpainting: new content where the mask is white, the upload kept elsewhere."""
+
+    prompt: Prompt = "a high quality photo"
+
+
+class IfAnagram(IfParams):
+    """Visual anagram: one image; view i of it shows prompt i."""
+
+    prompts: list[Annotated[str, SettingLimit("max_prompt_chars"), Field(min_length=1, pattern=r"\S")]] = Field(
+        min_length=2, description="two or more prompts (repeat the field)",
+        examples=[["an oil painting of people around a campfire", "an oil painting of an old man"]])
+    views: list[ViewName] | None = Field(
+        None, validate_default=True, examples=[["identity", "flip_vertical"]],
+        description=f"one view per prompt (repeat the field); default identity + flip_vertical for two prompts. "
+                    f"One of: {', '.join(VIEW_NAMES)}")
+
+    @field_validator("views")
+    @classmethod
+    def _one_view_per_prompt(cls, views: list[str] | None, info: ValidationInfo) -> list[str]:
+        prompts = info.data.get("prompts")
+        if prompts is None:  # the prompts failed validation; that error is reported
+            return views or []
+        if views is None:
+            if len(prompts) != 2:
+                raise ValueError("required with more than two prompts (one view per prompt)")
+            return ["identity", "flip_vertical"]
+        if len(views) != len(prompts):
+            raise ValueError(f"{len(views)} views for {len(prompts)} prompts; give one per prompt")
+        return views
+
+
+class IfHybrid(IfParams):
+    """Hybrid image: ``prompt_low`` seen from afar, ``prompt_high`` up close."""
+
+    prompt_low: Prompt
+    prompt_high: Prompt
+    kernel_size: int = Field(33, ge=1, le=63, description="odd Gaussian kernel size", examples=[33],
+                             json_schema_extra={"enum": list(range(1, 64, 2))})
+    sigma: float = Field(2.0, gt=0, le=20, allow_inf_nan=False, description="Gaussian sigma", examples=[2.0])
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError("must be odd")
+        return size
+
+
+class IfDenoise(OperationParams):
+    """The forward process to ``t``, then one of three denoisers."""
+
+    t: int = Field(500, ge=0, le=NUM_TRAIN_TIMESTEPS - 1, description="forward-process timestep", examples=[500])
+    method: Literal["blur", "one_step", "iterative"] = Field(
+        "one_step", description="blur (Gaussian), one_step (one noise estimate) or iterative (the strided loop)",
+        examples=["one_step"])
+    prompt: Prompt = "a high quality photo"
+    guidance: Guidance = 7.0
+
+
+# ---- the table -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Upload:
+    """An image file a form operation takes; ``same_size_as`` names another upload it must match."""
+
+    name: str
+    description: str
+    same_size_as: str | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the service: its HTTP route, its parameters, its uploads and its job function.
+
+    Attributes:
+        name: the job kind (``mnist_sample``, ``if_sdedit``, ...); the job function is ``workers.jobs.<name>``.
+        path: the ``POST`` route.
+        transport: ``query`` (parameters in the query string) or ``form`` (``multipart/form-data``).
+        params: the parameter model.
+        uploads: image files of a form operation.
+        summary, description: for the OpenAPI document.
+    """
+
+    name: str
+    path: str
+    transport: Literal["query", "form"]
+    params: type[OperationParams]
+    summary: str
+    description: str = ""
+    uploads: tuple[Upload, ...] = ()
+    tag: str = "deepfloyd"
+
+    JOB_MODULE: ClassVar[str] = "workers.jobs"
+
+    @property
+    def job(self) -> str:
+        """Dotted name of the job function (the API enqueues by name and never imports it)."""
+        return f"{self.JOB_MODULE}.{self.name}"
+
+
+_IMAGE = Upload("image", "PNG, JPEG or WebP; center-cropped and resized to the model size (64x64)")
+_MASK = Upload("mask", "same size as the image; white (luminance >= 128, and alpha >= 128 if any) = generate, "
+               "the rest is kept", same_size_as="image")
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation("mnist_sample", "/mnist/sample", "query", MnistSample, "Generate MNIST digits with the flow-matching models",
+                  "With `digit`, the class-conditioned model draws `n` samples of that digit with classifier-free "
+                  "guidance; without it, the time-conditioned model draws `n` unguided digits. The result is one "
+                  "PNG grid: white digits on black, 28x28 tiles without padding, row-major, min(n, 10) columns.",
+                  tag="mnist"),
+        Operation("if_sample", "/sample", "form", IfSample, "Text to image (stage I, optional stage II)"),
+        Operation("if_sdedit", "/sdedit", "form", IfSdedit, "SDEdit image-to-image from noise level i_start",
+                  uploads=(_IMAGE,)),
+        Operation("if_inpaint", "/inpaint", "form", IfInpaint, "Inpaint where the mask is white (RePaint-style)",
+                  uploads=(_IMAGE, _MASK)),
+        Operation("if_anagram", "/anagram", "form", IfAnagram, "Visual anagram: one image, one prompt per view"),
+        Operation("if_hybrid", "/hybrid", "form", IfHybrid, "Hybrid image: prompt_low from afar, prompt_high up close"),
+        Operation("if_denoise", "/denoise", "form", IfDenoise,
+                  "Noise an image to t, then denoise it (blur, one step or iterative)", uploads=(_IMAGE,)),
+    )
+}
+
+#: A pseudo-operation a worker advertises when it can run the stage-II upscale (``upscale=true``).
+IF_UPSCALE = "if_upscale"
+
+
+def operation_for_job(func_name: str) -> Operation | None:
+    """The operation whose job function is ``func_name`` (a dotted name), if any."""
+    module, _, name = func_name.rpartition(".")
+    op = OPERATIONS.get(name)
+    return op if op is not None and module == Operation.JOB_MODULE else None
