@@ -2,10 +2,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test run postman worker api clean
+.PHONY: setup lint test run postman worker api clean
 
 setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, newman)
 	bash scripts/setup.sh
+
+lint:             ## static checks: ruff (lint + format), mypy (strict for core, app, workers), import contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test:             ## run the whole test suite (starts its own redis-server, workers and API)
 	$(PY) -m pytest -q

@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -90,8 +90,12 @@ def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
         return
     state = operation_states(redis, queue)[kind]
     if not state.available:
-        raise Problem(503, "operation-unavailable", f"no live worker can serve {kind}: {state.reason}",
-                      headers={"Retry-After": "30"})
+        raise Problem(
+            503,
+            "operation-unavailable",
+            f"no live worker can serve {kind}: {state.reason}",
+            headers={"Retry-After": "30"},
+        )
 
 
 def pick_seed(seed: int | None) -> int:
@@ -125,16 +129,23 @@ def submit(
     job_id = new_job_id()
     if idem_key is not None:
         if not (1 <= len(idem_key) <= 200):
-            raise Problem(422, "invalid-idempotency-key", "Idempotency-Key must be 1 to 200 characters",
-                          errors=[{"name": "Idempotency-Key", "in": "header", "reason": "length 1..200"}])
+            raise Problem(
+                422,
+                "invalid-idempotency-key",
+                "Idempotency-Key must be 1 to 200 characters",
+                errors=[{"name": "Idempotency-Key", "in": "header", "reason": "length 1..200"}],
+            )
         record = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
         key = idempotency_key(idem_key)
         if not redis.set(key, record, nx=True, ex=settings.result_ttl_s):
             existing = json.loads(redis.get(key) or "{}")
             if existing.get("fingerprint") != fingerprint:
-                raise Problem(422, "idempotency-key-reused",
-                              "this Idempotency-Key was already used with a different request body",
-                              errors=[{"name": "Idempotency-Key", "in": "header", "reason": "reused with another body"}])
+                raise Problem(
+                    422,
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was already used with a different request body",
+                    errors=[{"name": "Idempotency-Key", "in": "header", "reason": "reused with another body"}],
+                )
             try:
                 return Job.fetch(existing["job_id"], connection=redis), True
             except NoSuchJobError:
@@ -142,12 +153,16 @@ def submit(
 
     try:
         if queue.count >= settings.max_queue_depth:
-            raise Problem(503, "queue-full", f"the queue holds {settings.max_queue_depth} jobs already; retry later",
-                          headers={"Retry-After": "5"})
+            raise Problem(
+                503,
+                "queue-full",
+                f"the queue holds {settings.max_queue_depth} jobs already; retry later",
+                headers={"Retry-After": "5"},
+            )
         folder = storage.job_dir(settings.results_dir, job_id) / storage.INPUTS
         for name, data in uploads.items():
             storage.write_bytes_atomic(folder / name, data)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         job = queue.enqueue_call(
             func=op.job,
             kwargs={"params": job_params},
@@ -203,7 +218,7 @@ def _error_of(job: Job, state: JobState) -> str | None:
 
 
 def _utc(dt: datetime | None) -> datetime | None:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
 def _when(recorded: str | None, fallback: datetime | None) -> datetime | None:
@@ -258,6 +273,6 @@ def cancel(redis: Redis, job: Job, settings: Settings) -> None:
         except InvalidJobOperation:
             pass  # canceled concurrently: fine
         else:
-            job.meta["finished_at"] = datetime.now(timezone.utc).isoformat()
+            job.meta["finished_at"] = datetime.now(UTC).isoformat()
             job.save_meta()
     job.refresh()

@@ -126,11 +126,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
-        problem = Problem(503, "queue-unavailable", "the job queue (Redis) is unreachable; retry shortly",
-                          headers={"Retry-After": "5"})
+        problem = Problem(
+            503,
+            "queue-unavailable",
+            "the job queue (Redis) is unreachable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
         return problem_response(problem, request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(Problem(500, "internal-error", "an internal error occurred; it has been logged"), request)
+        return problem_response(
+            Problem(500, "internal-error", "an internal error occurred; it has been logged"), request
+        )

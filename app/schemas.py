@@ -87,6 +87,7 @@ class Readiness(BaseModel):
     workers: list[WorkerInfo] = Field(default_factory=list)
     operations: list[str] = Field(default_factory=list, description="what at least one live worker can serve")
     operation_states: dict[str, OperationState] = Field(
-        default_factory=dict, description="every operation (and if_upscale) with its state and, if unavailable, why")
+        default_factory=dict, description="every operation (and if_upscale) with its state and, if unavailable, why"
+    )
     queue_depth: int | None = None
     detail: str | None = None

@@ -65,8 +65,9 @@ def check_image(data: bytes, field: str, settings: Settings) -> CheckedImage:
             image = Image.open(io.BytesIO(data), formats=list(FORMATS))
             width, height = image.size
             if width * height > settings.max_image_pixels:
-                raise _problem(413, "image-too-large", field,
-                               f"{width}x{height} is more than {settings.max_image_pixels} pixels")
+                raise _problem(
+                    413, "image-too-large", field, f"{width}x{height} is more than {settings.max_image_pixels} pixels"
+                )
             image.load()  # decodes everything: catches truncated and corrupt files
     except Problem:
         raise
@@ -84,6 +85,10 @@ def check_image(data: bytes, field: str, settings: Settings) -> CheckedImage:
 def check_same_size(upload: CheckedImage, reference: CheckedImage) -> None:
     """422 ``<field>-size-mismatch`` (e.g. ``mask-size-mismatch``) unless both uploads have the same size."""
     if (upload.width, upload.height) != (reference.width, reference.height):
-        raise _problem(422, f"{upload.field}-size-mismatch", upload.field,
-                       f"{upload.field} is {upload.width}x{upload.height} but the {reference.field} is "
-                       f"{reference.width}x{reference.height}")
+        raise _problem(
+            422,
+            f"{upload.field}-size-mismatch",
+            upload.field,
+            f"{upload.field} is {upload.width}x{upload.height} but the {reference.field} is "
+            f"{reference.width}x{reference.height}",
+        )

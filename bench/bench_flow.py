@@ -25,11 +25,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.flow.checkpoint import load_model  # noqa: E402
-from models.flow.objectives import drop_labels, flow_matching_loss  # noqa: E402
-from models.flow.sampling import generate, nfe  # noqa: E402
-from models.flow.training import build_seeded_model  # noqa: E402
-from models.flow.unet import UNetConfig  # noqa: E402
+from models.flow.checkpoint import load_model
+from models.flow.objectives import drop_labels, flow_matching_loss
+from models.flow.sampling import generate, nfe
+from models.flow.training import build_seeded_model
+from models.flow.unet import UNetConfig
 
 
 def _sync(device: torch.device) -> None:
@@ -37,8 +37,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train(width: int, device: torch.device, *, batch: int = 64, steps: int = 10, warmup: int = 3,
-                bf16: bool = False, channels_last: bool = False) -> float:
+def bench_train(
+    width: int,
+    device: torch.device,
+    *,
+    batch: int = 64,
+    steps: int = 10,
+    warmup: int = 3,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> float:
     """Training images/s of the class-conditioned flow-matching step."""
     model = build_seeded_model(UNetConfig("class", width), 0).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -74,8 +82,15 @@ def bench_sample(model: torch.nn.Module, method: str, steps: int, device: torch.
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        generate(model, n=100, digits=digits, steps=steps, method=method, guidance=5.0,
-                 generator=torch.Generator().manual_seed(0))
+        generate(
+            model,
+            n=100,
+            digits=digits,
+            steps=steps,
+            method=method,
+            guidance=5.0,
+            generator=torch.Generator().manual_seed(0),
+        )
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
@@ -86,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--widths", type=int, nargs="+", default=[32, 64])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to try")
     p.add_argument("--train-steps", type=int, default=10)
-    p.add_argument("--checkpoint", default="models/checkpoints/mnist_class_fm.safetensors",
-                   help="class checkpoint for sampling (random weights of the width when missing)")
+    p.add_argument(
+        "--checkpoint",
+        default="models/checkpoints/mnist_class_fm.safetensors",
+        help="class checkpoint for sampling (random weights of the width when missing)",
+    )
     p.add_argument("--no-cuda", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -103,12 +121,24 @@ def main(argv: list[str] | None = None) -> None:
             for width in args.widths:
                 variants = [("fp32", 64, False, False)]
                 if device.type == "cuda":
-                    variants += [("bf16+channels_last", 64, True, True), ("fp32", 1024, False, False),
-                                 ("bf16+channels_last", 1024, True, True)]
+                    variants += [
+                        ("bf16+channels_last", 64, True, True),
+                        ("fp32", 1024, False, False),
+                        ("bf16+channels_last", 1024, True, True),
+                    ]
                 for name, batch, bf16, cl in variants:
                     ips = bench_train(width, device, batch=batch, steps=args.train_steps, bf16=bf16, channels_last=cl)
-                    rows.append({"what": "train", "device": str(device), "threads": threads, "D": width,
-                                 "batch": batch, "precision": name, "images_per_s": round(ips, 1)})
+                    rows.append(
+                        {
+                            "what": "train",
+                            "device": str(device),
+                            "threads": threads,
+                            "D": width,
+                            "batch": batch,
+                            "precision": name,
+                            "images_per_s": round(ips, 1),
+                        }
+                    )
                     print(rows[-1], flush=True)
                 ck = Path(args.checkpoint)
                 if ck.exists() and load_model(ck)[1].num_hiddens == width:
@@ -118,14 +148,26 @@ def main(argv: list[str] | None = None) -> None:
                     model, src = build_seeded_model(UNetConfig("class", width), 0).to(device).eval(), "random weights"
                 for method, steps in (("euler", 50), ("heun", 12)):
                     secs = bench_sample(model, method, steps, device)
-                    rows.append({"what": "sample100", "device": str(device), "threads": threads, "D": width,
-                                 "method": method, "steps": steps, "nfe": nfe(method, steps),
-                                 "weights": src, "seconds": round(secs, 2)})
+                    rows.append(
+                        {
+                            "what": "sample100",
+                            "device": str(device),
+                            "threads": threads,
+                            "D": width,
+                            "method": method,
+                            "steps": steps,
+                            "nfe": nfe(method, steps),
+                            "weights": src,
+                            "seconds": round(secs, 2),
+                        }
+                    )
                     print(rows[-1], flush=True)
 
     cpu = platform.processor() or platform.machine()
     print(f"\nmachine: {platform.node()} ({cpu}), torch {torch.__version__}")
-    print("\n| device | threads | D | training images/s (batch 64, fp32) | 100 digits, Euler 50 (50 NFE) | 100 digits, Heun 12 (24 NFE) |")
+    print(
+        "\n| device | threads | D | training images/s (batch 64, fp32) | 100 digits, Euler 50 (50 NFE) | 100 digits, Heun 12 (24 NFE) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for device in devices:
         for threads in {r["threads"] for r in rows if r["device"] == str(device)}:
@@ -134,10 +176,14 @@ def main(argv: list[str] | None = None) -> None:
                 tr = next(r for r in sel if r["what"] == "train" and r["batch"] == 64 and r["precision"] == "fp32")
                 eu = next(r for r in sel if r["what"] == "sample100" and r["method"] == "euler")
                 he = next(r for r in sel if r["what"] == "sample100" and r["method"] == "heun")
-                print(f"| {device} | {threads} | {width} | {tr['images_per_s']:.0f} | {eu['seconds']:.1f} s | {he['seconds']:.1f} s |")
+                print(
+                    f"| {device} | {threads} | {width} | {tr['images_per_s']:.0f} | {eu['seconds']:.1f} s | {he['seconds']:.1f} s |"
+                )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": platform.node(), "torch": torch.__version__, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"machine": platform.node(), "torch": torch.__version__, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,7 @@ from models.diffusion.tiny import (  # noqa: E402
 logger = logging.getLogger("bench_if")
 
 
-def engines(args: argparse.Namespace, device: torch.device,
-            dtype: torch.dtype) -> tuple[IFEngine, Stage2Engine | None]:
+def engines(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[IFEngine, Stage2Engine | None]:
     from diffusers import DDPMScheduler
 
     if args.tiny:
@@ -80,15 +79,19 @@ def engines(args: argparse.Namespace, device: torch.device,
             raise SystemExit(str(e)) from None
     unet1 = build_random_unet(cfg1, device, dtype, args.seed)
     text = RandomPrompts(int(cfg1["encoder_hid_dim"]))
-    stage1 = IFEngine.from_components(unet1, DDPMScheduler.from_config(IF_I_SCHEDULER_CONFIG), text,
-                                      name="bench-stage1")
+    stage1 = IFEngine.from_components(
+        unet1, DDPMScheduler.from_config(IF_I_SCHEDULER_CONFIG), text, name="bench-stage1"
+    )
     stage2 = None
     if not args.no_stage2:
         unet2 = build_random_unet(cfg2, device, dtype, args.seed + 1)
         stage2 = Stage2Engine.from_components(
-            unet2, DDPMScheduler.from_config(IF_II_SCHEDULER_CONFIG), RandomPrompts(int(cfg2["encoder_hid_dim"])),
+            unet2,
+            DDPMScheduler.from_config(IF_II_SCHEDULER_CONFIG),
+            RandomPrompts(int(cfg2["encoder_hid_dim"])),
             name="bench-stage2",
-            image_noising_scheduler=DDPMScheduler.from_config(IF_II_IMAGE_NOISING_SCHEDULER_CONFIG))
+            image_noising_scheduler=DDPMScheduler.from_config(IF_II_IMAGE_NOISING_SCHEDULER_CONFIG),
+        )
     return stage1, stage2
 
 
@@ -103,29 +106,43 @@ def operations(stage1: IFEngine, stage2: Stage2Engine | None, upscale_steps: int
     g0 = torch.Generator().manual_seed(0)
     photo = torch.rand(1, 3, S, S, generator=g0) * 2 - 1
     mask = torch.zeros(1, 1, S, S)
-    mask[..., S // 4: 3 * S // 4, S // 4: 3 * S // 4] = 1
+    mask[..., S // 4 : 3 * S // 4, S // 4 : 3 * S // 4] = 1
     v2 = [get_view("identity"), get_view("flip_vertical")]
     v4 = [get_view(n) for n in ("identity", "rot90", "negate", "jigsaw")]
     p = "an oil painting of a snowy mountain village"
     ops: dict[str, tuple[int, Run]] = {
         "sample": (2, lambda g, s, cb: sample(stage1, p, generator=g, stride=s, callback=cb)),
-        "sdedit (from t=690)": (2, lambda g, s, cb: sdedit(stage1, photo, p, i_start=round(300 / s),
-                                                          generator=g, stride=s, callback=cb)),
+        "sdedit (from t=690)": (
+            2,
+            lambda g, s, cb: sdedit(stage1, photo, p, i_start=round(300 / s), generator=g, stride=s, callback=cb),
+        ),
         "inpaint": (2, lambda g, s, cb: inpaint(stage1, photo, mask, p, generator=g, stride=s, callback=cb)),
-        "anagram (2 views)": (4, lambda g, s, cb: anagram(stage1, [p, "a skull"], v2, generator=g, stride=s,
-                                                          callback=cb)),
-        "anagram (4 views)": (8, lambda g, s, cb: anagram(stage1, [p, "a skull", "a dog", "a horse"], v4,
-                                                          generator=g, stride=s, callback=cb)),
-        "hybrid": (3, lambda g, s, cb: hybrid(stage1, "a skull", "waterfalls", generator=g, stride=s,
-                                              callback=cb)),
-        "denoise one_step (t=500)": (2, lambda g, s, cb: denoise(stage1, photo, 500, "one_step", generator=g,
-                                                                 stride=s, callback=cb).denoised),
-        "denoise iterative (t=690)": (2, lambda g, s, cb: denoise(stage1, photo, 690, "iterative", generator=g,
-                                                                  stride=s, callback=cb).denoised),
-        "denoise blur (t=500)": (0, lambda g, s, cb: denoise(stage1, photo, 500, "blur", generator=g, stride=s,
-                                                             callback=cb).denoised),
+        "anagram (2 views)": (
+            4,
+            lambda g, s, cb: anagram(stage1, [p, "a skull"], v2, generator=g, stride=s, callback=cb),
+        ),
+        "anagram (4 views)": (
+            8,
+            lambda g, s, cb: anagram(
+                stage1, [p, "a skull", "a dog", "a horse"], v4, generator=g, stride=s, callback=cb
+            ),
+        ),
+        "hybrid": (3, lambda g, s, cb: hybrid(stage1, "a skull", "waterfalls", generator=g, stride=s, callback=cb)),
+        "denoise one_step (t=500)": (
+            2,
+            lambda g, s, cb: denoise(stage1, photo, 500, "one_step", generator=g, stride=s, callback=cb).denoised,
+        ),
+        "denoise iterative (t=690)": (
+            2,
+            lambda g, s, cb: denoise(stage1, photo, 690, "iterative", generator=g, stride=s, callback=cb).denoised,
+        ),
+        "denoise blur (t=500)": (
+            0,
+            lambda g, s, cb: denoise(stage1, photo, 500, "blur", generator=g, stride=s, callback=cb).denoised,
+        ),
     }
     if stage2 is not None:
+
         def up(g: torch.Generator, s: int, cb: Callable[..., None]) -> Tensor:
             steps = upscale_steps if s == 30 else max(1, 1000 // s)
             return upscale(stage2, photo, p, generator=g, steps=steps, callback=cb)
@@ -148,16 +165,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny test UNets instead of the real architecture")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="default: float16 on CUDA, float32 on CPU")
-    parser.add_argument("--config-dir", type=Path, default=None,
-                        help="public IF configs (default: $IF_CONFIG_DIR, ./shared/if_configs, ../shared/if_configs)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="default: float16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="public IF configs (default: $IF_CONFIG_DIR, ./shared/if_configs, ../shared/if_configs)",
+    )
     parser.add_argument("--stride", type=int, default=30, help="timestep stride (30: 34 steps)")
     parser.add_argument("--upscale-steps", type=int, default=50)
     parser.add_argument("--no-stage2", action="store_true", help="skip the stage-II upscaler")
     parser.add_argument("--ops", nargs="*", default=None, help="substrings of operation names to run")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the warm-up run of each operation (CPU runs of the real architecture)")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up run of each operation (CPU runs of the real architecture)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -194,29 +222,41 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         t = time.perf_counter()
-        out = run(torch.Generator().manual_seed(args.seed), args.stride, lambda s, n, x: steps.append(s))
+        out = run(torch.Generator().manual_seed(args.seed), args.stride, lambda s, n, x, steps=steps: steps.append(s))
         sync(device)
         wall = time.perf_counter() - t
         n = max(len(steps), 1)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gib()
-        rows.append({"op": name, "unet_batch": batch, "steps": len(steps), "seconds": wall,
-                     "ms_per_step": 1000 * wall / n, "peak_gib": peak, "finite": bool(torch.isfinite(out).all())})
+        rows.append(
+            {
+                "op": name,
+                "unet_batch": batch,
+                "steps": len(steps),
+                "seconds": wall,
+                "ms_per_step": 1000 * wall / n,
+                "peak_gib": peak,
+                "finite": bool(torch.isfinite(out).all()),
+            }
+        )
         logger.info("%s: %d steps in %.3fs", name, len(steps), wall)
 
     arch = "tiny test UNets" if args.tiny else "IF-I-XL (4.3B) / IF-II-L (1.2B) architecture, random weights"
     print(f"\n### IF operations per step: {card}, {str(dtype).removeprefix('torch.')}, {arch}\n")
-    print(f"torch {torch.__version__}; stage I {n1:,} params at {stage1.image_size}x{stage1.image_size}"
-          + (f"; stage II {n2:,} params at {stage2.image_size}x{stage2.image_size}" if stage2 else "")
-          + f"; stride {args.stride}; build {build_s:.1f}s; peak memory includes both resident UNets\n")
+    print(
+        f"torch {torch.__version__}; stage I {n1:,} params at {stage1.image_size}x{stage1.image_size}"
+        + (f"; stage II {n2:,} params at {stage2.image_size}x{stage2.image_size}" if stage2 else "")
+        + f"; stride {args.stride}; build {build_s:.1f}s; peak memory includes both resident UNets\n"
+    )
     memory = "peak GPU memory (GiB)" if device.type == "cuda" else "peak process RSS (GiB)"
     print(f"| operation | UNet batch / step | steps | total (s) | per step (ms) | {memory} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['op']} | {r['unet_batch']} | {r['steps']} | {r['seconds']:.3f} | {r['ms_per_step']:.1f} "
-              f"| {r['peak_gib']:.1f} |")
+        print(
+            f"| {r['op']} | {r['unet_batch']} | {r['steps']} | {r['seconds']:.3f} | {r['ms_per_step']:.1f} "
+            f"| {r['peak_gib']:.1f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"card": card, "dtype": str(dtype), "tiny": args.tiny, "rows": rows},
-                                        indent=2))
+        args.json.write_text(json.dumps({"card": card, "dtype": str(dtype), "tiny": args.tiny, "rows": rows}, indent=2))
     return rows
 
 

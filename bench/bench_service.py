@@ -14,7 +14,6 @@ import threading
 import time
 
 import httpx
-
 from harness import local_service, percentile, table
 
 
@@ -34,7 +33,7 @@ def e2e(stack, repeats: int, params: dict) -> list[tuple[str, str]]:
         if i:  # the first run warms up caches
             totals.append(total)
             models.append(manifest["timings"]["model_s"])
-    overhead = [t - m for t, m in zip(totals, models)]
+    overhead = [t - m for t, m in zip(totals, models, strict=True)]
     return [
         ("request", " ".join(f"{k}={v}" for k, v in params.items())),
         ("end to end, median (s)", f"{statistics.median(totals):.3f}"),

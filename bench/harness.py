@@ -21,8 +21,17 @@ def local_service(workers: int = 1, **env: str) -> Iterator[Stack]:
     """redis-server + `workers` workers + the API on free loopback ports (shipped checkpoints by default)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     server = RedisServer(data_dir=tmp / "redis").start()
-    stack = Stack(server.url, {"WORKER_HEARTBEAT_S": "5", "WORKER_DEAD_AFTER_S": "30", "OMP_NUM_THREADS": "2",
-                               "MAX_QUEUE_DEPTH": "100000", **env}, tmp)
+    stack = Stack(
+        server.url,
+        {
+            "WORKER_HEARTBEAT_S": "5",
+            "WORKER_DEAD_AFTER_S": "30",
+            "OMP_NUM_THREADS": "2",
+            "MAX_QUEUE_DEPTH": "100000",
+            **env,
+        },
+        tmp,
+    )
     try:
         stack.start_api()
         for _ in range(workers):
@@ -39,7 +48,7 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     if len(values) == 1:
         return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[max(min(int(round(q)) - 1, 98), 0)]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(min(round(q) - 1, 98), 0)]
 
 
 def table(rows: list[tuple[str, str]]) -> str:

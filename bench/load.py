@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import httpx
-
 from harness import local_service, percentile, table
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -74,8 +73,10 @@ def run(base_url: str, clients: int, seconds: float, params: dict, drain_s: floa
     tally = Tally()
     start = time.monotonic()
     stop_at, drain_until = start + seconds, start + seconds + drain_s
-    threads = [threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, params, tally, 1000 * k))
-               for k in range(clients)]
+    threads = [
+        threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, params, tally, 1000 * k))
+        for k in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:

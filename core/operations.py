@@ -13,11 +13,11 @@ Adding an operation: one model here, one entry in ``OPERATIONS``, one job functi
 from __future__ import annotations
 
 import types
+from collections.abc import Iterable, Mapping
 from copy import copy
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
-from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 import annotated_types
@@ -68,7 +68,7 @@ def _bound(annotation: Any, limits: Mapping[str, Any]) -> Any:
     if origin is Annotated:
         base, *meta = get_args(annotation)
         base = _bound(base, limits)
-        return Annotated.__class_getitem__((base, *(_constraint(m, base, limits) for m in meta)))  # type: ignore[attr-defined]
+        return Annotated.__class_getitem__((base, *(_constraint(m, base, limits) for m in meta)))
     if origin is list:
         return list[_bound(get_args(annotation)[0], limits)]  # type: ignore[misc]
     if origin in (Union, types.UnionType):
@@ -99,8 +99,9 @@ class OperationParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same PNG; omitted = a random one",
-                             examples=[42])
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="same seed, same PNG; omitted = a random one", examples=[42]
+    )
 
     @classmethod
     def bounded(cls, settings: Settings) -> type[Self]:
@@ -130,14 +131,25 @@ def _bounded(cls: type[OperationParams], limits: tuple[tuple[str, Any], ...]) ->
 
 # ---- field types shared by several operations ------------------------------------------------------------
 
-Prompt = Annotated[str, SettingLimit("max_prompt_chars"),
-                   Field(min_length=1, pattern=r"\S", description="text prompt (not blank)",
-                         examples=["an oil painting of a snowy mountain village"])]
-Guidance = Annotated[float, SettingLimit("max_guidance"),
-                     Field(ge=0, allow_inf_nan=False, description="classifier-free guidance scale", examples=[7.0])]
+Prompt = Annotated[
+    str,
+    SettingLimit("max_prompt_chars"),
+    Field(
+        min_length=1,
+        pattern=r"\S",
+        description="text prompt (not blank)",
+        examples=["an oil painting of a snowy mountain village"],
+    ),
+]
+Guidance = Annotated[
+    float,
+    SettingLimit("max_guidance"),
+    Field(ge=0, allow_inf_nan=False, description="classifier-free guidance scale", examples=[7.0]),
+]
 
 
 # ---- MNIST flow matching ---------------------------------------------------------------------------------
+
 
 class Sampler(str, Enum):
     """ODE solver for the flow-matching models (Euler: 1 network evaluation a step; Heun, midpoint: 2)."""
@@ -151,16 +163,18 @@ class MnistSample(OperationParams):
     """``n`` digits from the flow-matching models as one PNG grid."""
 
     digit: int | None = Field(None, ge=0, le=9, description="0..9; omit for an unguided sample", examples=[7])
-    n: Annotated[int, SettingLimit("max_n")] = Field(10, ge=1, description="how many digits (at most MAX_N)",
-                                                     examples=[10])
-    steps: Annotated[int, SettingLimit("max_steps")] = Field(50, ge=1, description="ODE solver steps",
-                                                             examples=[50])
+    n: Annotated[int, SettingLimit("max_n")] = Field(
+        10, ge=1, description="how many digits (at most MAX_N)", examples=[10]
+    )
+    steps: Annotated[int, SettingLimit("max_steps")] = Field(50, ge=1, description="ODE solver steps", examples=[50])
     guidance: Annotated[float, SettingLimit("max_guidance")] = Field(
-        5.0, ge=0, allow_inf_nan=False, description="classifier-free guidance scale w (class model)", examples=[5.0])
+        5.0, ge=0, allow_inf_nan=False, description="classifier-free guidance scale w (class model)", examples=[5.0]
+    )
     sampler: Sampler = Field(Sampler.euler, description="ODE solver", examples=["euler"])
 
 
 # ---- DeepFloyd IF ----------------------------------------------------------------------------------------
+
 
 class IfParams(OperationParams):
     """What every DeepFloyd IF operation shares."""
@@ -179,8 +193,13 @@ class IfSdedit(IfParams):
     """SDEdit: noise the upload to the strided timestep ``i_start``, then denoise it with the prompt."""
 
     prompt: Prompt = "a high quality photo"
-    i_start: int = Field(10, ge=0, le=STRIDED_STEPS - 1, examples=[10],
-                         description="index into 990, 960, ..., 0: small = more noise, more change")
+    i_start: int = Field(
+        10,
+        ge=0,
+        le=STRIDED_STEPS - 1,
+        examples=[10],
+        description="index into 990, 960, ..., 0: small = more noise, more change",
+    )
 
 
 class IfInpaint(IfParams):
@@ -193,12 +212,17 @@ class IfAnagram(IfParams):
     """Visual anagram: one image; view i of it shows prompt i."""
 
     prompts: list[Annotated[str, SettingLimit("max_prompt_chars"), Field(min_length=1, pattern=r"\S")]] = Field(
-        min_length=2, description="two or more prompts (repeat the field)",
-        examples=[["an oil painting of people around a campfire", "an oil painting of an old man"]])
+        min_length=2,
+        description="two or more prompts (repeat the field)",
+        examples=[["an oil painting of people around a campfire", "an oil painting of an old man"]],
+    )
     views: list[ViewName] | None = Field(
-        None, validate_default=True, examples=[["identity", "flip_vertical"]],
+        None,
+        validate_default=True,
+        examples=[["identity", "flip_vertical"]],
         description=f"one view per prompt (repeat the field); default identity + flip_vertical for two prompts. "
-                    f"One of: {', '.join(VIEW_NAMES)}")
+        f"One of: {', '.join(VIEW_NAMES)}",
+    )
 
     @field_validator("views")
     @classmethod
@@ -220,8 +244,14 @@ class IfHybrid(IfParams):
 
     prompt_low: Prompt
     prompt_high: Prompt
-    kernel_size: int = Field(33, ge=1, le=63, description="odd Gaussian kernel size", examples=[33],
-                             json_schema_extra={"enum": list(range(1, 64, 2))})
+    kernel_size: int = Field(
+        33,
+        ge=1,
+        le=63,
+        description="odd Gaussian kernel size",
+        examples=[33],
+        json_schema_extra={"enum": list(range(1, 64, 2))},
+    )
     sigma: float = Field(2.0, gt=0, le=20, allow_inf_nan=False, description="Gaussian sigma", examples=[2.0])
 
     @field_validator("kernel_size")
@@ -237,13 +267,16 @@ class IfDenoise(OperationParams):
 
     t: int = Field(500, ge=0, le=NUM_TRAIN_TIMESTEPS - 1, description="forward-process timestep", examples=[500])
     method: Literal["blur", "one_step", "iterative"] = Field(
-        "one_step", description="blur (Gaussian), one_step (one noise estimate) or iterative (the strided loop)",
-        examples=["one_step"])
+        "one_step",
+        description="blur (Gaussian), one_step (one noise estimate) or iterative (the strided loop)",
+        examples=["one_step"],
+    )
     prompt: Prompt = "a high quality photo"
     guidance: Guidance = 7.0
 
 
 # ---- the table -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -285,26 +318,53 @@ class Operation:
 
 
 _IMAGE = Upload("image", "PNG, JPEG or WebP; center-cropped and resized to the model size (64x64)")
-_MASK = Upload("mask", "same size as the image; white (luminance >= 128, and alpha >= 128 if any) = generate, "
-               "the rest is kept", same_size_as="image")
+_MASK = Upload(
+    "mask",
+    "same size as the image; white (luminance >= 128, and alpha >= 128 if any) = generate, the rest is kept",
+    same_size_as="image",
+)
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("mnist_sample", "/mnist/sample", "query", MnistSample, "Generate MNIST digits with the flow-matching models",
-                  "With `digit`, the class-conditioned model draws `n` samples of that digit with classifier-free "
-                  "guidance; without it, the time-conditioned model draws `n` unguided digits. The result is one "
-                  "PNG grid: white digits on black, 28x28 tiles without padding, row-major, min(n, 10) columns.",
-                  tag="mnist"),
+        Operation(
+            "mnist_sample",
+            "/mnist/sample",
+            "query",
+            MnistSample,
+            "Generate MNIST digits with the flow-matching models",
+            "With `digit`, the class-conditioned model draws `n` samples of that digit with classifier-free "
+            "guidance; without it, the time-conditioned model draws `n` unguided digits. The result is one "
+            "PNG grid: white digits on black, 28x28 tiles without padding, row-major, min(n, 10) columns.",
+            tag="mnist",
+        ),
         Operation("if_sample", "/sample", "form", IfSample, "Text to image (stage I, optional stage II)"),
-        Operation("if_sdedit", "/sdedit", "form", IfSdedit, "SDEdit image-to-image from noise level i_start",
-                  uploads=(_IMAGE,)),
-        Operation("if_inpaint", "/inpaint", "form", IfInpaint, "Inpaint where the mask is white (RePaint-style)",
-                  uploads=(_IMAGE, _MASK)),
+        Operation(
+            "if_sdedit",
+            "/sdedit",
+            "form",
+            IfSdedit,
+            "SDEdit image-to-image from noise level i_start",
+            uploads=(_IMAGE,),
+        ),
+        Operation(
+            "if_inpaint",
+            "/inpaint",
+            "form",
+            IfInpaint,
+            "Inpaint where the mask is white (RePaint-style)",
+            uploads=(_IMAGE, _MASK),
+        ),
         Operation("if_anagram", "/anagram", "form", IfAnagram, "Visual anagram: one image, one prompt per view"),
         Operation("if_hybrid", "/hybrid", "form", IfHybrid, "Hybrid image: prompt_low from afar, prompt_high up close"),
-        Operation("if_denoise", "/denoise", "form", IfDenoise,
-                  "Noise an image to t, then denoise it (blur, one step or iterative)", uploads=(_IMAGE,)),
+        Operation(
+            "if_denoise",
+            "/denoise",
+            "form",
+            IfDenoise,
+            "Noise an image to t, then denoise it (blur, one step or iterative)",
+            uploads=(_IMAGE,),
+        ),
     )
 }
 

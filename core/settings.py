@@ -32,7 +32,9 @@ class Settings(BaseSettings):
             return "true" if value else "false"
         if isinstance(value, str):
             word = value.strip().lower()
-            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(word, word)
+            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+                word, word
+            )
         return value
 
     # --- infrastructure -------------------------------------------------------------------

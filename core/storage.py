@@ -57,9 +57,10 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    return manifest
 
 
 def result_path(results_dir: Path, job_id: str, name: str) -> Path | None:

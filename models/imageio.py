@@ -112,15 +112,17 @@ def write_png(image: Tensor, path: str | Path, *, value_range: ValueRange = (-1.
     return path
 
 
-def gif_bytes(frames: Sequence[Tensor], *, value_range: ValueRange = (-1.0, 1.0), ms: int = 80, scale: int = 1,
-              hold_last: int = 5) -> bytes:
+def gif_bytes(
+    frames: Sequence[Tensor], *, value_range: ValueRange = (-1.0, 1.0), ms: int = 80, scale: int = 1, hold_last: int = 5
+) -> bytes:
     """An animated GIF (looping) of (C, H, W) frames; the last frame is shown ``hold_last`` extra times."""
     if not frames:
         raise ValueError("a GIF needs at least one frame")
     images = [_pil(f, value_range, scale) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:] + [images[-1]] * hold_last,
-                   duration=ms, loop=0)
+    images[0].save(
+        buf, format="GIF", save_all=True, append_images=images[1:] + [images[-1]] * hold_last, duration=ms, loop=0
+    )
     return buf.getvalue()
 
 

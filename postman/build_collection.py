@@ -38,11 +38,21 @@ def _headers() -> list[dict[str, str]]:
     return [{"key": "X-API-Key", "value": "{{apiKey}}", "type": "text"}]
 
 
-def job_folder(name: str, method_path: str, *, query: dict[str, str] | None = None,
-               fields: list[tuple[str, str]] | None = None, files: dict[str, str] | None = None,
-               description: str) -> dict[str, Any]:
-    submit: dict[str, Any] = {"method": "POST", "header": _headers(), "url": _url(method_path, query),
-                              "description": description}
+def job_folder(
+    name: str,
+    method_path: str,
+    *,
+    query: dict[str, str] | None = None,
+    fields: list[tuple[str, str]] | None = None,
+    files: dict[str, str] | None = None,
+    description: str,
+) -> dict[str, Any]:
+    submit: dict[str, Any] = {
+        "method": "POST",
+        "header": _headers(),
+        "url": _url(method_path, query),
+        "description": description,
+    }
     if fields is not None or files:
         submit["body"] = _form(fields or [], files or {})
     poll_name = f"{name}: poll"
@@ -52,73 +62,89 @@ def job_folder(name: str, method_path: str, *, query: dict[str, str] | None = No
             {
                 "name": f"{name}: submit",
                 "request": submit,
-                "event": _script([
-                    "pm.test('202 Accepted with a Location header', () => {",
-                    "  pm.response.to.have.status(202);",
-                    "  pm.expect(pm.response.headers.get('Content-Type')).to.include('application/json');",
-                    "  pm.expect(pm.response.headers.get('Location')).to.eql('/jobs/' + pm.response.json().id);",
-                    "});",
-                    "pm.test('job body', () => {",
-                    "  const body = pm.response.json();",
-                    "  pm.expect(['queued', 'running', 'succeeded']).to.include(body.status);",
-                    "  pm.expect(body.id).to.match(/^[0-9a-f]{32}$/);",
-                    "});",
-                    "pm.environment.set('jobId', pm.response.json().id);",
-                    "pm.environment.set('polls', 0);",
-                ]),
+                "event": _script(
+                    [
+                        "pm.test('202 Accepted with a Location header', () => {",
+                        "  pm.response.to.have.status(202);",
+                        "  pm.expect(pm.response.headers.get('Content-Type')).to.include('application/json');",
+                        "  pm.expect(pm.response.headers.get('Location')).to.eql('/jobs/' + pm.response.json().id);",
+                        "});",
+                        "pm.test('job body', () => {",
+                        "  const body = pm.response.json();",
+                        "  pm.expect(['queued', 'running', 'succeeded']).to.include(body.status);",
+                        "  pm.expect(body.id).to.match(/^[0-9a-f]{32}$/);",
+                        "});",
+                        "pm.environment.set('jobId', pm.response.json().id);",
+                        "pm.environment.set('polls', 0);",
+                    ]
+                ),
             },
             {
                 "name": poll_name,
                 "request": {"method": "GET", "header": _headers(), "url": _url("/jobs/{{jobId}}")},
-                "event": _script([
-                    "const body = pm.response.json();",
-                    "pm.test('poll answers 200 JSON', () => {",
-                    "  pm.response.to.have.status(200);",
-                    "  pm.expect(pm.response.headers.get('Content-Type')).to.include('application/json');",
-                    "});",
-                    "const polls = Number(pm.environment.get('polls') || 0);",
-                    f"if (['queued', 'running'].includes(body.status) && polls < {TERMINAL_POLLS}) {{",
-                    "  pm.environment.set('polls', polls + 1);",
-                    f"  postman.setNextRequest('{poll_name}');",
-                    "  setTimeout(() => {}, 100);",
-                    "} else {",
-                    "  pm.test('job succeeded', () => pm.expect(body.status, body.error).to.eql('succeeded'));",
-                    "  pm.test('result URLs listed', () => pm.expect(body.result_url).to.eql('/jobs/' + body.id + '/result'));",
-                    "}",
-                ]),
+                "event": _script(
+                    [
+                        "const body = pm.response.json();",
+                        "pm.test('poll answers 200 JSON', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  pm.expect(pm.response.headers.get('Content-Type')).to.include('application/json');",
+                        "});",
+                        "const polls = Number(pm.environment.get('polls') || 0);",
+                        f"if (['queued', 'running'].includes(body.status) && polls < {TERMINAL_POLLS}) {{",
+                        "  pm.environment.set('polls', polls + 1);",
+                        f"  postman.setNextRequest('{poll_name}');",
+                        "  setTimeout(() => {}, 100);",
+                        "} else {",
+                        "  pm.test('job succeeded', () => pm.expect(body.status, body.error).to.eql('succeeded'));",
+                        "  pm.test('result URLs listed', () => pm.expect(body.result_url).to.eql('/jobs/' + body.id + '/result'));",
+                        "}",
+                    ]
+                ),
             },
             {
                 "name": f"{name}: download",
                 "request": {"method": "GET", "header": _headers(), "url": _url("/jobs/{{jobId}}/result")},
-                "event": _script([
-                    "pm.test('200 image/png', () => {",
-                    "  pm.response.to.have.status(200);",
-                    "  pm.expect(pm.response.headers.get('Content-Type')).to.eql('image/png');",
-                    "  pm.expect(pm.response.stream.slice(1, 4).toString()).to.eql('PNG');",
-                    "});",
-                ]),
+                "event": _script(
+                    [
+                        "pm.test('200 image/png', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  pm.expect(pm.response.headers.get('Content-Type')).to.eql('image/png');",
+                        "  pm.expect(pm.response.stream.slice(1, 4).toString()).to.eql('PNG');",
+                        "});",
+                    ]
+                ),
             },
         ],
     }
 
 
-def problem_request(name: str, method: str, path: str, status: int, *, query: dict[str, str] | None = None,
-                    fields: list[tuple[str, str]] | None = None, files: dict[str, str] | None = None) -> dict[str, Any]:
+def problem_request(
+    name: str,
+    method: str,
+    path: str,
+    status: int,
+    *,
+    query: dict[str, str] | None = None,
+    fields: list[tuple[str, str]] | None = None,
+    files: dict[str, str] | None = None,
+) -> dict[str, Any]:
     request: dict[str, Any] = {"method": method, "header": _headers(), "url": _url(path, query)}
     if fields is not None or files:
         request["body"] = _form(fields or [], files or {})
     return {
         "name": name,
         "request": request,
-        "event": _script([
-            f"pm.test('{status} problem+json', () => {{",
-            f"  pm.response.to.have.status({status});",
-            "  pm.expect(pm.response.headers.get('Content-Type')).to.eql('application/problem+json');",
-            "  const body = pm.response.json();",
-            f"  pm.expect(body.status).to.eql({status});",
-            "  pm.expect(body.type).to.match(/^urn:problem:/);",
-            "});",
-        ]),
+        "event": _script(
+            [
+                f"pm.test('{status} problem+json', () => {{",
+                f"  pm.response.to.have.status({status});",
+                "  pm.expect(pm.response.headers.get('Content-Type')).to.eql('application/problem+json');",
+                "  const body = pm.response.json();",
+                f"  pm.expect(body.status).to.eql({status});",
+                "  pm.expect(body.type).to.match(/^urn:problem:/);",
+                "});",
+            ]
+        ),
     }
 
 
@@ -126,53 +152,116 @@ def collection() -> dict[str, Any]:
     health = {
         "name": "Health",
         "item": [
-            {"name": "healthz", "request": {"method": "GET", "url": _url("/healthz")},
-             "event": _script(["pm.test('200 ok', () => { pm.response.to.have.status(200);"
-                               " pm.expect(pm.response.json().status).to.eql('ok'); });"])},
-            {"name": "readyz", "request": {"method": "GET", "url": _url("/readyz")},
-             "event": _script(["pm.test('ready with MNIST and DeepFloyd operations', () => {",
-                               "  pm.response.to.have.status(200);",
-                               "  const ops = pm.response.json().operations;",
-                               "  ['mnist_sample', 'if_sample', 'if_sdedit', 'if_inpaint', 'if_anagram', 'if_hybrid',"
-                               " 'if_denoise'].forEach(op => pm.expect(ops).to.include(op));",
-                               "});"])},
+            {
+                "name": "healthz",
+                "request": {"method": "GET", "url": _url("/healthz")},
+                "event": _script(
+                    [
+                        "pm.test('200 ok', () => { pm.response.to.have.status(200);"
+                        " pm.expect(pm.response.json().status).to.eql('ok'); });"
+                    ]
+                ),
+            },
+            {
+                "name": "readyz",
+                "request": {"method": "GET", "url": _url("/readyz")},
+                "event": _script(
+                    [
+                        "pm.test('ready with MNIST and DeepFloyd operations', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  const ops = pm.response.json().operations;",
+                        "  ['mnist_sample', 'if_sample', 'if_sdedit', 'if_inpaint', 'if_anagram', 'if_hybrid',"
+                        " 'if_denoise'].forEach(op => pm.expect(ops).to.include(op));",
+                        "});",
+                    ]
+                ),
+            },
         ],
     }
     items = [
         health,
-        job_folder("MNIST digit", "/mnist/sample", query={"digit": "7", "n": "10", "seed": "42"},
-                   description="10 samples of the digit 7 (class-conditioned flow matching, CFG 5, 50 Euler steps)"),
-        job_folder("MNIST unguided", "/mnist/sample", query={"n": "20", "sampler": "heun", "steps": "25", "seed": "1"},
-                   description="20 digits from the time-conditioned model with the Heun sampler"),
-        job_folder("Sample", "/sample", fields=[("prompt", "an oil painting of a snowy mountain village"), ("seed", "0")],
-                   description="text to image at 64x64 (stage I)"),
-        job_folder("Sample upscaled", "/sample", fields=[("prompt", "a photo of a red panda"), ("seed", "0"),
-                                                         ("upscale", "true")],
-                   description="text to image, then stage II to 256x256"),
-        job_folder("SDEdit", "/sdedit", fields=[("prompt", "a pencil drawing"), ("i_start", "10"), ("seed", "7")],
-                   files={"image": "photo.jpg"}, description="image-to-image from noise level i_start"),
-        job_folder("Inpaint", "/inpaint", fields=[("prompt", "a hot air balloon"), ("seed", "7")],
-                   files={"image": "photo.png", "mask": "mask.png"},
-                   description="regenerate where the mask is white, keep the rest"),
-        job_folder("Anagram", "/anagram",
-                   fields=[("prompts", "an oil painting of people around a campfire"),
-                           ("prompts", "an oil painting of an old man"),
-                           ("views", "identity"), ("views", "flip_vertical"), ("seed", "5")],
-                   description="one image: a campfire, and upside down an old man"),
-        job_folder("Hybrid", "/hybrid", fields=[("prompt_low", "a lithograph of a skull"),
-                                                ("prompt_high", "a lithograph of waterfalls"),
-                                                ("kernel_size", "33"), ("sigma", "2"), ("seed", "5")],
-                   description="a skull from afar, waterfalls up close"),
-        job_folder("Denoise", "/denoise", fields=[("t", "500"), ("method", "iterative"), ("seed", "3")],
-                   files={"image": "photo.png"}, description="noise to t=500, then denoise iteratively"),
+        job_folder(
+            "MNIST digit",
+            "/mnist/sample",
+            query={"digit": "7", "n": "10", "seed": "42"},
+            description="10 samples of the digit 7 (class-conditioned flow matching, CFG 5, 50 Euler steps)",
+        ),
+        job_folder(
+            "MNIST unguided",
+            "/mnist/sample",
+            query={"n": "20", "sampler": "heun", "steps": "25", "seed": "1"},
+            description="20 digits from the time-conditioned model with the Heun sampler",
+        ),
+        job_folder(
+            "Sample",
+            "/sample",
+            fields=[("prompt", "an oil painting of a snowy mountain village"), ("seed", "0")],
+            description="text to image at 64x64 (stage I)",
+        ),
+        job_folder(
+            "Sample upscaled",
+            "/sample",
+            fields=[("prompt", "a photo of a red panda"), ("seed", "0"), ("upscale", "true")],
+            description="text to image, then stage II to 256x256",
+        ),
+        job_folder(
+            "SDEdit",
+            "/sdedit",
+            fields=[("prompt", "a pencil drawing"), ("i_start", "10"), ("seed", "7")],
+            files={"image": "photo.jpg"},
+            description="image-to-image from noise level i_start",
+        ),
+        job_folder(
+            "Inpaint",
+            "/inpaint",
+            fields=[("prompt", "a hot air balloon"), ("seed", "7")],
+            files={"image": "photo.png", "mask": "mask.png"},
+            description="regenerate where the mask is white, keep the rest",
+        ),
+        job_folder(
+            "Anagram",
+            "/anagram",
+            fields=[
+                ("prompts", "an oil painting of people around a campfire"),
+                ("prompts", "an oil painting of an old man"),
+                ("views", "identity"),
+                ("views", "flip_vertical"),
+                ("seed", "5"),
+            ],
+            description="one image: a campfire, and upside down an old man",
+        ),
+        job_folder(
+            "Hybrid",
+            "/hybrid",
+            fields=[
+                ("prompt_low", "a lithograph of a skull"),
+                ("prompt_high", "a lithograph of waterfalls"),
+                ("kernel_size", "33"),
+                ("sigma", "2"),
+                ("seed", "5"),
+            ],
+            description="a skull from afar, waterfalls up close",
+        ),
+        job_folder(
+            "Denoise",
+            "/denoise",
+            fields=[("t", "500"), ("method", "iterative"), ("seed", "3")],
+            files={"image": "photo.png"},
+            description="noise to t=500, then denoise iteratively",
+        ),
         {
             "name": "Errors",
             "item": [
                 problem_request("digit out of range", "POST", "/mnist/sample", 422, query={"digit": "10"}),
                 problem_request("unknown job", "GET", "/jobs/00000000000000000000000000000000", 404),
                 problem_request("not an image", "POST", "/sdedit", 415, files={"image": "README.md"}),
-                problem_request("odd kernel required", "POST", "/hybrid", 422,
-                                fields=[("prompt_low", "a"), ("prompt_high", "b"), ("kernel_size", "32")]),
+                problem_request(
+                    "odd kernel required",
+                    "POST",
+                    "/hybrid",
+                    422,
+                    fields=[("prompt_low", "a"), ("prompt_high", "b"), ("kernel_size", "32")],
+                ),
                 problem_request("one prompt is no anagram", "POST", "/anagram", 422, fields=[("prompts", "a")]),
             ],
         },
@@ -181,8 +270,8 @@ def collection() -> dict[str, Any]:
         "info": {
             "name": "Diffusion inference service",
             "description": "Every endpoint: submit, poll until done, download; plus problem+json errors. "
-                           "Run: npx newman run postman/collection.json -e postman/environment.json "
-                           "--working-dir postman",
+            "Run: npx newman run postman/collection.json -e postman/environment.json "
+            "--working-dir postman",
             "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json",
         },
         "item": items,

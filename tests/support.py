@@ -69,13 +69,27 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         client = redis.Redis(port=self.port)
+
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
@@ -93,7 +107,7 @@ class RedisServer:
 def _pings(client) -> bool:
     try:
         return bool(client.ping())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not up yet, whatever the reason
         return False
 
 
@@ -126,11 +140,24 @@ class Stack:
     def _log(self, name: str):
         return open(self.tmp / f"{name}.log", "ab")
 
-    def start_api(self) -> "Stack":
+    def start_api(self) -> Stack:
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=self._log("api"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log("api"),
+            stderr=subprocess.STDOUT,
         )
         wait_until(self._healthy, 30, what="the API")
         return self
@@ -144,8 +171,13 @@ class Stack:
     def start_worker(self, *, wait: bool = True, **extra_env: str) -> subprocess.Popen:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         env = {**self.env, **extra_env}
-        proc = subprocess.Popen([sys.executable, "-m", "workers", "--name", name], cwd=ROOT, env=env,
-                                stdout=self._log(name), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", "--name", name],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log(name),
+            stderr=subprocess.STDOUT,
+        )
         proc.worker_name = name  # type: ignore[attr-defined]
         self.workers.append(proc)
         if wait:
@@ -188,8 +220,9 @@ class Stack:
         return wait_until(done, timeout, interval=0.05, what=f"job {job_id} to finish")
 
     def wait_status(self, job_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_until(lambda: (b := self.job(job_id))["status"] == status and b, timeout,
-                          what=f"job {job_id} to be {status}")
+        return wait_until(
+            lambda: (b := self.job(job_id))["status"] == status and b, timeout, what=f"job {job_id} to be {status}"
+        )
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log"))

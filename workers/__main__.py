@@ -33,7 +33,7 @@ def _sweeper(results_dir: Path, max_age_s: float, stop: threading.Event, every_s
     while True:
         try:
             sweep_expired(results_dir, max_age_s)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("result sweep failed", exc_info=True)
         if stop.wait(every_s):
             return

@@ -62,9 +62,16 @@ class JobFrame(Generic[P]):
         result: after the block, the job's return value.
     """
 
-    def __init__(self, model: type[P], params: dict[str, Any], *, kind: str | None = None,
-                 job: Job | None = None, registry: ModelRegistry | None = None,
-                 results_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: type[P],
+        params: dict[str, Any],
+        *,
+        kind: str | None = None,
+        job: Job | None = None,
+        registry: ModelRegistry | None = None,
+        results_dir: Path | None = None,
+    ) -> None:
         self.kind = kind or _KIND_OF.get(model, model.__name__)
         self._model, self._raw = model, params
         self.job = job if job is not None else get_current_job()
@@ -97,8 +104,9 @@ class JobFrame(Generic[P]):
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         if exc is None:
             self.result = self._finish()
             return False
@@ -144,8 +152,12 @@ class JobFrame(Generic[P]):
             **self._extra,
         }
         storage.write_manifest(self.folder, manifest)
-        return {"status": JobState.succeeded.value, "main": self.main, "files": [*self.files, storage.MANIFEST],
-                "timings": timings}
+        return {
+            "status": JobState.succeeded.value,
+            "main": self.main,
+            "files": [*self.files, storage.MANIFEST],
+            "timings": timings,
+        }
 
     # -- what a job body uses ---------------------------------------------------------------------------
     def model(self, name: str) -> Any:

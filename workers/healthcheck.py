@@ -15,7 +15,9 @@ def main() -> int:
     settings = get_settings()
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
     host = socket.gethostname()
-    alive = [w.name for w in Worker.all(queue=Queue(settings.queue_name, connection=redis)) if w.name.startswith(host + ":")]
+    alive = [
+        w.name for w in Worker.all(queue=Queue(settings.queue_name, connection=redis)) if w.name.startswith(host + ":")
+    ]
     print("alive:", alive or "none")
     return 0 if alive else 1
 

@@ -29,8 +29,16 @@ def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
     with job_frame(MnistSample, params) as job:
         p = job.params
         name = "mnist_time" if p.digit is None else "mnist_class"
-        images = generate(job.model(name), n=p.n, digits=None if p.digit is None else [p.digit] * p.n, steps=p.steps,
-                          guidance=p.guidance, method=p.sampler.value, generator=job.generator, callback=job.progress)
+        images = generate(
+            job.model(name),
+            n=p.n,
+            digits=None if p.digit is None else [p.digit] * p.n,
+            steps=p.steps,
+            guidance=p.guidance,
+            method=p.sampler.value,
+            generator=job.generator,
+            callback=job.progress,
+        )
         grid = make_grid(images, ncols=min(p.n, 10))
         job.save("samples.png", imageio.png_bytes(grid), main=True, shape=list(grid.shape))
         job.record(model={"name": name, "source": job.registry.source(name)})
@@ -38,6 +46,7 @@ def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- DeepFloyd IF -------------------------------------------------------------------------------------------
+
 
 def _input_image(job: JobFrame[Any], engine: IFEngine) -> torch.Tensor:
     """The upload as the model uses it: center-cropped and resized to the model size, (1, 3, S, S)."""
@@ -52,8 +61,9 @@ def _stage1_result(job: JobFrame[Any], image: torch.Tensor, prompt: str) -> None
     job.save("result.png", imageio.png_bytes(image[0], value_range=SIGNED), main=True)
     models = {"stage1": job.registry.source("if_stage1")}
     if params.upscale:
-        big = ops.upscale(job.model("if_stage2"), image, prompt, generator=job.generator,
-                          callback=job.stage_progress("II"))
+        big = ops.upscale(
+            job.model("if_stage2"), image, prompt, generator=job.generator, callback=job.stage_progress("II")
+        )
         job.save(f"result_{big.shape[-1]}.png", imageio.png_bytes(big[0], value_range=SIGNED), main=True)
         models["stage2"] = job.registry.source("if_stage2")
     job.record(models=models)
@@ -63,8 +73,13 @@ def if_sample(params: dict[str, Any]) -> dict[str, Any]:
     """Text to image."""
     with job_frame(IfSample, params) as job:
         p = job.params
-        out = ops.sample(job.model("if_stage1"), p.prompt, guidance=p.guidance, generator=job.generator,
-                         callback=job.stage_progress("I"))
+        out = ops.sample(
+            job.model("if_stage1"),
+            p.prompt,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         _stage1_result(job, out, p.prompt)
     return job.result
 
@@ -74,8 +89,15 @@ def if_sdedit(params: dict[str, Any]) -> dict[str, Any]:
     with job_frame(IfSdedit, params) as job:
         p = job.params
         engine = job.model("if_stage1")
-        out = ops.sdedit(engine, _input_image(job, engine), p.prompt, i_start=p.i_start, guidance=p.guidance,
-                         generator=job.generator, callback=job.stage_progress("I"))
+        out = ops.sdedit(
+            engine,
+            _input_image(job, engine),
+            p.prompt,
+            i_start=p.i_start,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         _stage1_result(job, out, p.prompt)
     return job.result
 
@@ -89,8 +111,15 @@ def if_inpaint(params: dict[str, Any]) -> dict[str, Any]:
         mask = ops.center_crop_resize(imageio.decode_mask(job.input_bytes("mask")), engine.image_size, mode="nearest")
         mask = (mask >= 0.5).float()
         job.save("mask.png", imageio.png_bytes(mask[0]))
-        out = ops.inpaint(engine, image, mask.to(engine.device), p.prompt, guidance=p.guidance,
-                          generator=job.generator, callback=job.stage_progress("I"))
+        out = ops.inpaint(
+            engine,
+            image,
+            mask.to(engine.device),
+            p.prompt,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         _stage1_result(job, out, p.prompt)
     return job.result
 
@@ -100,11 +129,21 @@ def if_anagram(params: dict[str, Any]) -> dict[str, Any]:
     with job_frame(IfAnagram, params) as job:
         p = job.params
         views = [get_view(v) for v in p.views or ()]
-        out = ops.anagram(job.model("if_stage1"), p.prompts, views, guidance=p.guidance, generator=job.generator,
-                          callback=job.stage_progress("I"))
+        out = ops.anagram(
+            job.model("if_stage1"),
+            p.prompts,
+            views,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         for i, (prompt, view) in enumerate(zip(p.prompts, views, strict=True)):
-            job.save(f"view_{i}_{view.name}.png", imageio.png_bytes(view.view(out)[0], value_range=SIGNED),
-                     prompt=prompt, view=view.name)
+            job.save(
+                f"view_{i}_{view.name}.png",
+                imageio.png_bytes(view.view(out)[0], value_range=SIGNED),
+                prompt=prompt,
+                view=view.name,
+            )
         _stage1_result(job, out, p.prompts[0])
     return job.result
 
@@ -113,8 +152,16 @@ def if_hybrid(params: dict[str, Any]) -> dict[str, Any]:
     """A hybrid image, and ``low_frequency.png``: the image seen from afar (a quarter of its size)."""
     with job_frame(IfHybrid, params) as job:
         p = job.params
-        out = ops.hybrid(job.model("if_stage1"), p.prompt_low, p.prompt_high, kernel_size=p.kernel_size,
-                         sigma=p.sigma, guidance=p.guidance, generator=job.generator, callback=job.stage_progress("I"))
+        out = ops.hybrid(
+            job.model("if_stage1"),
+            p.prompt_low,
+            p.prompt_high,
+            kernel_size=p.kernel_size,
+            sigma=p.sigma,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         small = F.interpolate(out, size=max(out.shape[-1] // 4, 1), mode="area")
         job.save("low_frequency.png", imageio.png_bytes(small[0], value_range=SIGNED), reading=p.prompt_low)
         _stage1_result(job, out, p.prompt_high)
@@ -126,8 +173,16 @@ def if_denoise(params: dict[str, Any]) -> dict[str, Any]:
     with job_frame(IfDenoise, params) as job:
         p = job.params
         engine = job.model("if_stage1")
-        res = ops.denoise(engine, _input_image(job, engine), p.t, p.method, prompt=p.prompt, guidance=p.guidance,
-                          generator=job.generator, callback=job.stage_progress("I"))
+        res = ops.denoise(
+            engine,
+            _input_image(job, engine),
+            p.t,
+            p.method,
+            prompt=p.prompt,
+            guidance=p.guidance,
+            generator=job.generator,
+            callback=job.stage_progress("I"),
+        )
         job.save("noisy.png", imageio.png_bytes(res.noisy[0], value_range=SIGNED))
         job.save("result.png", imageio.png_bytes(res.denoised[0], value_range=SIGNED), main=True)
         job.record(models={"stage1": job.registry.source("if_stage1")})

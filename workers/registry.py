@@ -43,8 +43,10 @@ def if_wanted(settings: Settings, device: torch.device) -> tuple[bool, str | Non
         return False, "DeepFloyd IF is disabled on this worker (IF_ENABLED=false)"
     if device.type == "cuda":
         return True, None
-    return False, (f"DeepFloyd IF is off: IF_ENABLED=auto loads it only on a CUDA device and this worker runs on "
-                   f"{device.type} (set IF_ENABLED=true to run it here anyway)")
+    return False, (
+        f"DeepFloyd IF is off: IF_ENABLED=auto loads it only on a CUDA device and this worker runs on "
+        f"{device.type} (set IF_ENABLED=true to run it here anyway)"
+    )
 
 
 @dataclass
@@ -81,8 +83,11 @@ class ModelRegistry:
     def unavailable(self) -> dict[str, str]:
         """Every operation this worker cannot serve, with the reason."""
         out: dict[str, str] = {}
-        missing = [f"{name}: {self.errors.get(name, 'not loaded')}" for name in ("mnist_time", "mnist_class")
-                   if name not in self.models]
+        missing = [
+            f"{name}: {self.errors.get(name, 'not loaded')}"
+            for name in ("mnist_time", "mnist_class")
+            if name not in self.models
+        ]
         if missing:
             out.update(dict.fromkeys(MNIST_OPERATIONS, "; ".join(missing)))
         for op, reason in self.disabled.items():
@@ -160,7 +165,10 @@ def build_registry(settings: Settings) -> ModelRegistry:
     """Load every configured model once. Failures are recorded, logged in one line, and not fatal:
     the worker still serves what did load, and /readyz shows the reason for the rest."""
     registry = ModelRegistry(device=resolve_device(settings.device))
-    for name, path in (("mnist_time", settings.mnist_time_checkpoint), ("mnist_class", settings.mnist_class_checkpoint)):
+    for name, path in (
+        ("mnist_time", settings.mnist_time_checkpoint),
+        ("mnist_class", settings.mnist_class_checkpoint),
+    ):
         try:
             load_mnist(registry, name, Path(path))
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not crash-loop the worker
@@ -190,10 +198,12 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
             embedding_cache_dir=str(settings.if_embedding_cache_dir) if settings.if_embedding_cache_dir else None,
         )
         registry.models["if_stage1"] = LoadedModel(
-            stage1, settings.if_stage1_model, time.perf_counter() - t0,
+            stage1,
+            settings.if_stage1_model,
+            time.perf_counter() - t0,
             {"image_size": stage1.image_size, "dtype": str(stage1.dtype).removeprefix("torch.")},
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
         registry.errors["if_stage1"] = f"{type(exc).__name__}: {exc}"
         log.error("could not load DeepFloyd IF stage I (%s): %s", settings.if_stage1_model, exc)
         return
@@ -208,7 +218,6 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
         registry.models["if_stage2"] = LoadedModel(
             stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
         registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
         log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)
-

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timezone
-
+from datetime import UTC
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -42,7 +41,7 @@ class ResidentWorker(SimpleWorker):
         ``started_at`` when the job ends, so clients would see it change between two polls."""
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         if job.started_at is not None:
-            job.meta["started_at"] = job.started_at.replace(tzinfo=timezone.utc).isoformat()
+            job.meta["started_at"] = job.started_at.replace(tzinfo=UTC).isoformat()
             job.save_meta()
 
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
@@ -52,7 +51,7 @@ class ResidentWorker(SimpleWorker):
                     self.heartbeat(self.worker_ttl, pipeline=pipe)
                     execution.heartbeat(job.started_job_registry, self.dead_after_s, pipeline=pipe)
                     pipe.execute()
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+            except Exception:
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
 
     def execute_job(self, job: Job, queue: Queue) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
+from redis import Redis
 
 from app import jobs
 from app.deps import QueueDep, RedisDep, SettingsDep, require_api_key
@@ -13,16 +14,17 @@ from app.problems import Problem
 from app.schemas import JobBody
 from core import storage
 from core.settings import Settings
-from redis import Redis
 
-JobId = Annotated[str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])]
+JobId = Annotated[
+    str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])
+]
 FileName = Annotated[str, Path(description="a name from the job's `results`", examples=["samples.png"])]
 
 _MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".gif": "image/gif"}
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job", "content": {"application/problem+json": {}}},
     410: {"description": "the job expired and its results were deleted", "content": {"application/problem+json": {}}},
 }
@@ -51,22 +53,22 @@ def _file(settings: Settings, redis: Redis, job_id: str, name: str | None) -> Fi
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
-_FILE_RESPONSES = {
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "the PNG"},
     409: {"description": "the job has not succeeded", "content": {"application/problem+json": {}}},
     **_ERRORS,
 }
 
 
-@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse,
-            responses=_FILE_RESPONSES)
+@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse, responses=_FILE_RESPONSES)
 @router.head("/{job_id}/result", include_in_schema=False)
 def get_result(job_id: JobId, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, None)
 
 
-@router.get("/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse,
-            responses=_FILE_RESPONSES)
+@router.get(
+    "/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse, responses=_FILE_RESPONSES
+)
 @router.head("/{job_id}/files/{name}", include_in_schema=False)
 def get_file(job_id: JobId, name: FileName, redis: RedisDep, settings: SettingsDep) -> FileResponse:
     return _file(settings, redis, job_id, name)

@@ -23,7 +23,7 @@ from app.uploads import CheckedImage, check_same_size, read_image
 from core.operations import OPERATIONS, Operation, OperationParams
 from core.settings import Settings
 
-PROBLEM = {"application/problem+json": {}}
+PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": JobBody, "description": "accepted; poll the Location header"},
     401: {"description": "missing or wrong API key", "content": PROBLEM},
@@ -39,13 +39,15 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 class Submitter:
     """What a route needs to enqueue a job (a dependency, so each route names it once)."""
 
-    def __init__(self, redis: RedisDep, queue: QueueDep, settings: SettingsDep,
-                 idempotency_key: IdempotencyKey = None) -> None:
+    def __init__(
+        self, redis: RedisDep, queue: QueueDep, settings: SettingsDep, idempotency_key: IdempotencyKey = None
+    ) -> None:
         self.redis, self.queue, self.settings, self.idempotency_key = redis, queue, settings, idempotency_key
 
     def __call__(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
-        job, replayed = jobs.submit(self.redis, self.queue, self.settings, op, params, uploads=uploads,
-                                    idem_key=self.idempotency_key)
+        job, replayed = jobs.submit(
+            self.redis, self.queue, self.settings, op, params, uploads=uploads, idem_key=self.idempotency_key
+        )
         return accepted(job, replayed, self.redis, self.queue)
 
 
@@ -77,8 +79,10 @@ def _handler(op: Operation, settings: Settings) -> Callable[..., JSONResponse]:
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),
         Parameter("submit", Parameter.KEYWORD_ONLY, annotation=Annotated[Submitter, Depends()]),
-        *(Parameter(u.name, Parameter.KEYWORD_ONLY, annotation=Annotated[UploadFile, File(description=u.description)])
-          for u in op.uploads),
+        *(
+            Parameter(u.name, Parameter.KEYWORD_ONLY, annotation=Annotated[UploadFile, File(description=u.description)])
+            for u in op.uploads
+        ),
     ]
     handler.__signature__ = Signature(parameters, return_annotation=JSONResponse)  # type: ignore[attr-defined]
     handler.__name__ = handler.__qualname__ = op.name

@@ -2,7 +2,7 @@
 
 Modules (imports point down): ``schedule`` (DDPM math) <- ``loop`` (the one denoising loop) <- ``views``,
 ``filters``, ``guidance`` (noise-prediction strategies) <- ``adapter``, ``text``, ``engine`` (loading) <-
-``ops`` (the operations); ``tiny`` builds random-weight test pipelines; ``random_weights`` builds the real
+``ops`` (the operations); ``tiny`` builds random-weight test pipelines (import it from ``models.diffusion.tiny``: it is also a command line); ``random_weights`` builds the real
 architectures with random weights from their public configs; ``cli`` is the command line.
 Importing this package does not import diffusers or transformers (they load with the models).
 """
@@ -34,7 +34,6 @@ from .ops import (
     upscale,
 )
 from .schedule import DDPMSchedule, StridedTimesteps, strided_timesteps
-from .tiny import build_tiny_if, build_tiny_if_stage2
 from .views import VIEWS, View, get_view
 
 __all__ = [
@@ -55,8 +54,6 @@ __all__ = [
     "StridedTimesteps",
     "View",
     "anagram",
-    "build_tiny_if",
-    "build_tiny_if_stage2",
     "center_crop_resize",
     "cfg_combine",
     "denoise",

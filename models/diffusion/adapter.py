@@ -11,9 +11,10 @@ Shapes: x (N, C, H, W) in the noisy-image range, embeds (N, L, D), outputs (N, C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .loop import NoisePrediction
 
@@ -32,7 +33,7 @@ def _split(out: Tensor, channels: int) -> NoisePrediction:
 class IFAdapter:
     """Stage-I denoiser: ``unet(x_t, t, encoder_hidden_states=embeds)`` split into (eps, v)."""
 
-    unet: nn.Module
+    unet: Any  # a diffusers UNet2DConditionModel
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: int, embeds: Tensor) -> NoisePrediction:
@@ -53,7 +54,7 @@ class IFSuperResAdapter:
         noise_level: timestep of the image-noising schedule used for ``image``.
     """
 
-    unet: nn.Module
+    unet: Any  # a diffusers UNet2DConditionModel
     image: Tensor
     noise_level: int
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .adapter import IFAdapter
 from .schedule import DDPMSchedule, StridedTimesteps, strided_timesteps
@@ -73,7 +73,7 @@ class IFEngine:
         name: model id or directory (the disk cache namespace).
     """
 
-    unet: nn.Module
+    unet: Any  # a diffusers UNet2DConditionModel
     scheduler: Any
     text: Callable[[Sequence[str]], Tensor]
     device: torch.device
@@ -90,14 +90,30 @@ class IFEngine:
             self.cache = EmbeddingCache(self.text, namespace=self.name)
 
     @classmethod
-    def from_components(cls, unet: nn.Module, scheduler: Any, text: Callable[[Sequence[str]], Tensor], *,
-                        embedding_cache_dir: str | os.PathLike[str] | None = None, name: str = "",
-                        **extra: Any) -> IFEngine:
+    def from_components(
+        cls,
+        unet: Any,
+        scheduler: Any,
+        text: Callable[[Sequence[str]], Tensor],
+        *,
+        embedding_cache_dir: str | os.PathLike[str] | None = None,
+        name: str = "",
+        **extra: Any,
+    ) -> IFEngine:
         """An engine around an already placed UNet; device, dtype and image size come from the UNet."""
         param = next(unet.parameters())
         cache = EmbeddingCache(text, namespace=name, cache_dir=embedding_cache_dir)
-        return cls(unet=unet, scheduler=scheduler, text=text, device=param.device, dtype=param.dtype,
-                   image_size=int(unet.config.sample_size), cache=cache, name=name, **extra)
+        return cls(
+            unet=unet,
+            scheduler=scheduler,
+            text=text,
+            device=param.device,
+            dtype=param.dtype,
+            image_size=int(unet.config.sample_size),
+            cache=cache,
+            name=name,
+            **extra,
+        )
 
     def encode(self, prompts: Sequence[str]) -> Tensor:
         """(B, L, D) embeddings of ``prompts`` on ``device`` in ``dtype``; each prompt is embedded once."""
@@ -132,8 +148,9 @@ class Stage2Engine(IFEngine):
         self.noise_schedule = DDPMSchedule.from_scheduler(self.image_noising_scheduler)
 
 
-def resolve_precision(device: str | torch.device, dtype: torch.dtype | None = None,
-                      variant: str | None = "auto") -> tuple[torch.dtype, str | None]:
+def resolve_precision(
+    device: str | torch.device, dtype: torch.dtype | None = None, variant: str | None = "auto"
+) -> tuple[torch.dtype, str | None]:
     """(dtype, variant): float16 + "fp16" files on CUDA by default, float32 + default files elsewhere."""
     device = torch.device(device)
     if dtype is None:
@@ -144,8 +161,11 @@ def resolve_precision(device: str | torch.device, dtype: torch.dtype | None = No
 
 
 def _help(model: str, stage: str, setting: str, reason: str) -> str:
-    repo = model if _HUB_ID.match(model) else (DEFAULT_STAGE2_MODEL if setting == "IF_STAGE2_MODEL"
-                                               else DEFAULT_STAGE1_MODEL)
+    repo = (
+        model
+        if _HUB_ID.match(model)
+        else (DEFAULT_STAGE2_MODEL if setting == "IF_STAGE2_MODEL" else DEFAULT_STAGE1_MODEL)
+    )
     return (
         f"Cannot load the DeepFloyd IF {stage} model {model!r}: {reason}\n"
         f"The DeepFloyd IF weights are gated. To use them: accept the license on "
@@ -171,8 +191,9 @@ class _Source:
             return loader(self.model, subfolder=subfolder, local_files_only=self.local_files_only, **kwargs)
         except (OSError, EntryNotFoundError, HFValidationError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailableError(_help(self.model, self.stage, self.setting,
-                                              f"{subfolder}: {type(exc).__name__}: {first}")) from exc
+            raise ModelUnavailableError(
+                _help(self.model, self.stage, self.setting, f"{subfolder}: {type(exc).__name__}: {first}")
+            ) from exc
 
 
 def _source(model: str | os.PathLike[str], stage: str, setting: str, local_files_only: bool) -> _Source:
@@ -182,15 +203,56 @@ def _source(model: str | os.PathLike[str], stage: str, setting: str, local_files
         return _Source(str(path), stage, setting, True)
     if not _HUB_ID.match(text):
         raise ModelUnavailableError(_help(text, stage, setting, "no such local directory, and not a hub model id"))
-    return _Source(text, stage, setting, local_files_only)
+    if local_files_only:
+        return _Source(text, stage, setting, True)
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        return _Source(text, stage, setting, False)
+    # Offline: use the local cache if it has the model, else fail now rather than after the hub client's retries.
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(text, "unet/config.json"), str):
+        logger.info("the Hugging Face hub is unreachable (%s); loading %s from the local cache", unreachable, text)
+        return _Source(text, stage, setting, True)
+    raise ModelUnavailableError(
+        _help(
+            text,
+            stage,
+            setting,
+            (
+                f"the Hugging Face hub ({constants.ENDPOINT}) is unreachable from this machine ({unreachable}) and the "
+                f"model is not in the local cache ({constants.HF_HUB_CACHE})"
+            ),
+        )
+    )
+
+
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """None when the Hugging Face hub answers (any HTTP status), else why not; one request, no retries.
+
+    ``HF_HUB_OFFLINE=1`` counts as unreachable. The hub client's own retries (about half a minute per file
+    when there is no network) are what this check saves the worker's start from.
+    """
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - any failure to get an answer means: not reachable
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _unet_kwargs(dtype: torch.dtype, variant: str | None) -> dict[str, Any]:
     import importlib.util
 
     # Without accelerate, diffusers falls back to a full random init (and says so); say it explicitly instead.
-    return {"torch_dtype": dtype, "variant": variant,
-            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+    return {
+        "torch_dtype": dtype,
+        "variant": variant,
+        "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
+    }
 
 
 def _local_variant(src: _Source, variant: str | None) -> str | None:
@@ -211,8 +273,16 @@ class _LoadedUNet(NamedTuple):
     scheduler: Any
 
 
-def _load_unet(model: str | os.PathLike[str], stage: str, setting: str, *, device: torch.device,
-               dtype: torch.dtype | None, variant: str | None, local_files_only: bool) -> _LoadedUNet:
+def _load_unet(
+    model: str | os.PathLike[str],
+    stage: str,
+    setting: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    variant: str | None,
+    local_files_only: bool,
+) -> _LoadedUNet:
     """What both stages load alike: precision and source resolved, the UNet resident on ``device`` in eval mode
     without gradients, and the ``scheduler`` subfolder."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -225,9 +295,16 @@ def _load_unet(model: str | os.PathLike[str], stage: str, setting: str, *, devic
     return _LoadedUNet(src, dtype, variant, unet, src.load(DDPMScheduler.from_pretrained, "scheduler"))
 
 
-def _load_text(src: _Source, *, device: torch.device, dtype: torch.dtype, variant: str | None,
-               text_encoder_device: str | torch.device | None, text_encoder_8bit: bool,
-               embedding_cache_dir: str | os.PathLike[str] | None) -> tuple[T5PromptEncoder, EmbeddingCache]:
+def _load_text(
+    src: _Source,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: str | None,
+    text_encoder_device: str | torch.device | None,
+    text_encoder_8bit: bool,
+    embedding_cache_dir: str | os.PathLike[str] | None,
+) -> tuple[T5PromptEncoder, EmbeddingCache]:
     """The tokenizer and T5 of ``src`` as a prompt encoder, and its embedding cache (namespaced by model and
     encoder dtype, so embeddings of another model or precision are never reused)."""
     from transformers import AutoTokenizer, T5EncoderModel
@@ -287,14 +364,35 @@ def load_stage1(
         ModelUnavailableError: weights missing, gated or unreachable.
     """
     device = torch.device(device)
-    src, dtype, variant, unet, scheduler = _load_unet(model, "stage-I", "IF_STAGE1_MODEL", device=device,
-                                                      dtype=dtype, variant=variant, local_files_only=local_files_only)
-    text, cache = _load_text(src, device=device, dtype=dtype, variant=variant,
-                             text_encoder_device=text_encoder_device, text_encoder_8bit=text_encoder_8bit,
-                             embedding_cache_dir=embedding_cache_dir)
+    src, dtype, variant, unet, scheduler = _load_unet(
+        model,
+        "stage-I",
+        "IF_STAGE1_MODEL",
+        device=device,
+        dtype=dtype,
+        variant=variant,
+        local_files_only=local_files_only,
+    )
+    text, cache = _load_text(
+        src,
+        device=device,
+        dtype=dtype,
+        variant=variant,
+        text_encoder_device=text_encoder_device,
+        text_encoder_8bit=text_encoder_8bit,
+        embedding_cache_dir=embedding_cache_dir,
+    )
     logger.info("loaded IF stage I from %s on %s (%s, variant %s)", src.model, device, dtype, variant)
-    return IFEngine(unet=unet, scheduler=scheduler, text=text, device=device, dtype=dtype,
-                    image_size=int(unet.config.sample_size), cache=cache, name=src.model)
+    return IFEngine(
+        unet=unet,
+        scheduler=scheduler,
+        text=text,
+        device=device,
+        dtype=dtype,
+        image_size=int(unet.config.sample_size),
+        cache=cache,
+        name=src.model,
+    )
 
 
 def load_stage2(
@@ -319,16 +417,37 @@ def load_stage2(
     from diffusers import DDPMScheduler
 
     device = torch.device(device)
-    src, dtype, variant, unet, scheduler = _load_unet(model, "stage-II", "IF_STAGE2_MODEL", device=device,
-                                                      dtype=dtype, variant=variant, local_files_only=local_files_only)
+    src, dtype, variant, unet, scheduler = _load_unet(
+        model,
+        "stage-II",
+        "IF_STAGE2_MODEL",
+        device=device,
+        dtype=dtype,
+        variant=variant,
+        local_files_only=local_files_only,
+    )
     noising = src.load(DDPMScheduler.from_pretrained, "image_noising_scheduler")
     if stage1 is not None:
         text, cache = stage1.text, stage1.cache
     else:
-        text, cache = _load_text(src, device=device, dtype=dtype, variant=variant,
-                                 text_encoder_device=text_encoder_device, text_encoder_8bit=False,
-                                 embedding_cache_dir=embedding_cache_dir)
+        text, cache = _load_text(
+            src,
+            device=device,
+            dtype=dtype,
+            variant=variant,
+            text_encoder_device=text_encoder_device,
+            text_encoder_8bit=False,
+            embedding_cache_dir=embedding_cache_dir,
+        )
     logger.info("loaded IF stage II from %s on %s (%s, variant %s)", src.model, device, dtype, variant)
-    return Stage2Engine(unet=unet, scheduler=scheduler, text=text, device=device, dtype=dtype,
-                        image_size=int(unet.config.sample_size), cache=cache, name=src.model,
-                        image_noising_scheduler=noising)
+    return Stage2Engine(
+        unet=unet,
+        scheduler=scheduler,
+        text=text,
+        device=device,
+        dtype=dtype,
+        image_size=int(unet.config.sample_size),
+        cache=cache,
+        name=src.model,
+        image_noising_scheduler=noising,
+    )

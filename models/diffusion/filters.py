@@ -21,8 +21,9 @@ from torch import Tensor
 __all__ = ["GaussianBlur", "gaussian_blur", "gaussian_kernel1d", "high_pass"]
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float, *, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str | None = None) -> Tensor:
+def gaussian_kernel1d(
+    kernel_size: int, sigma: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
     """Normalized 1-D Gaussian weights, shape (kernel_size,)."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
@@ -36,7 +37,7 @@ def gaussian_kernel1d(kernel_size: int, sigma: float, *, dtype: torch.dtype = to
 
 def gaussian_blur(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
     """Blur each channel of x (B, C, H, W) with a separable Gaussian; returns (B, C, H, W)."""
-    B, C, H, W = x.shape
+    _, C, H, W = x.shape
     w = gaussian_kernel1d(kernel_size, sigma, dtype=x.dtype, device=x.device)
     pad = kernel_size // 2
     mode = "reflect" if pad < min(H, W) else "replicate"

@@ -112,11 +112,13 @@ class Anagram:
         eps, v = self.denoiser(torch.cat([viewed, viewed]), t, embeds)
         eps_u, eps_c = eps.chunk(2)
         guided = cfg_combine(eps_u, eps_c, self.scale).chunk(n)
-        eps_out = torch.stack([view.inverse_view(e) for view, e in zip(self.views, guided)]).mean(0)
+        eps_out = torch.stack([view.inverse_view(e) for view, e in zip(self.views, guided, strict=True)]).mean(0)
         v_out = None
         if v is not None:
             v_cond = v.chunk(2)[1].chunk(n)
-            v_out = torch.stack([view.inverse_view_variance(w) for view, w in zip(self.views, v_cond)]).mean(0)
+            v_out = torch.stack(
+                [view.inverse_view_variance(w) for view, w in zip(self.views, v_cond, strict=True)]
+            ).mean(0)
         return NoisePrediction(eps_out, v_out)
 
 

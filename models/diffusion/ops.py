@@ -66,15 +66,16 @@ def center_crop_resize(image: Tensor, size: int, *, mode: str = "bilinear") -> T
     H, W = image.shape[-2:]
     s = min(H, W)
     top, left = (H - s) // 2, (W - s) // 2
-    crop = image[..., top:top + s, left:left + s]
+    crop = image[..., top : top + s, left : left + s]
     if s == size:
         return crop.clone()
     if mode == "nearest":
         return F.interpolate(crop, size=(size, size), mode="nearest-exact")
     if mode != "bilinear":
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    return F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=s > size).to(image.dtype)
+    return F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=s > size).to(
+        image.dtype
+    )
 
 
 def _image(engine: IFEngine, image: Tensor) -> Tensor:
@@ -138,20 +139,38 @@ def forward(engine: IFEngine, image: Tensor, t: int, *, generator: torch.Generat
 
 
 @torch.inference_mode()
-def sample(engine: IFEngine, prompt: str, *, guidance: float = 7.0, generator: torch.Generator,
-           callback: Callback | None = None, stride: int = 30, batch_size: int = 1) -> Tensor:
+def sample(
+    engine: IFEngine,
+    prompt: str,
+    *,
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+    batch_size: int = 1,
+) -> Tensor:
     """Text-to-image from pure noise with classifier-free guidance: (batch_size, 3, S, S)."""
     _seeded(generator)
     ts = engine.timesteps(stride)
     strategy = _cfg(engine, prompt, guidance)
-    x = iterative_denoise(_noise(engine, batch_size, generator), ts, strategy, i_start=0,
-                          callback=callback, generator=generator)
+    x = iterative_denoise(
+        _noise(engine, batch_size, generator), ts, strategy, i_start=0, callback=callback, generator=generator
+    )
     return _out(x)
 
 
 @torch.inference_mode()
-def sdedit(engine: IFEngine, image: Tensor, prompt: str, *, i_start: int = 10, guidance: float = 7.0,
-           generator: torch.Generator, callback: Callback | None = None, stride: int = 30) -> Tensor:
+def sdedit(
+    engine: IFEngine,
+    image: Tensor,
+    prompt: str,
+    *,
+    i_start: int = 10,
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+) -> Tensor:
     """SDEdit / image-to-image (Meng et al. 2022): noise ``image`` to ``timesteps[i_start]`` and denoise.
 
     Small ``i_start`` (more noise) follows the prompt, large ``i_start`` stays close to the image.
@@ -167,8 +186,17 @@ def sdedit(engine: IFEngine, image: Tensor, prompt: str, *, i_start: int = 10, g
 
 
 @torch.inference_mode()
-def inpaint(engine: IFEngine, image: Tensor, mask: Tensor, prompt: str, *, guidance: float = 7.0,
-            generator: torch.Generator, callback: Callback | None = None, stride: int = 30) -> Tensor:
+def inpaint(
+    engine: IFEngine,
+    image: Tensor,
+    mask: Tensor,
+    prompt: str,
+    *,
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+) -> Tensor:
     """Inpainting (RePaint, Lugmayr et al. 2022, eq. 8 without resampling): after every step
     ``x = m x + (1 - m) forward(image, t_prev)``; the last step uses t_prev = -1, so pixels with m = 0 equal
     ``image`` exactly.
@@ -186,14 +214,29 @@ def inpaint(engine: IFEngine, image: Tensor, mask: Tensor, prompt: str, *, guida
         return m * x + (1.0 - m) * _forward(x_0, t_prev, schedule, generator=generator)
 
     strategy = _cfg(engine, prompt, guidance)
-    x = iterative_denoise(_noise(engine, x_0.shape[0], generator), engine.timesteps(stride), strategy, i_start=0,
-                          project=project, callback=callback, generator=generator)
+    x = iterative_denoise(
+        _noise(engine, x_0.shape[0], generator),
+        engine.timesteps(stride),
+        strategy,
+        i_start=0,
+        project=project,
+        callback=callback,
+        generator=generator,
+    )
     return project(_out(x), -1)
 
 
 @torch.inference_mode()
-def anagram(engine: IFEngine, prompts: Sequence[str], views: Sequence[View], *, guidance: float = 7.0,
-            generator: torch.Generator, callback: Callback | None = None, stride: int = 30) -> Tensor:
+def anagram(
+    engine: IFEngine,
+    prompts: Sequence[str],
+    views: Sequence[View],
+    *,
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+) -> Tensor:
     """Visual anagram (Geng et al. 2024): one image whose ``views[i].view(image)`` shows ``prompts[i]``.
 
     Returns the canonical (untransformed) image, (1, 3, S, S).
@@ -206,15 +249,30 @@ def anagram(engine: IFEngine, prompts: Sequence[str], views: Sequence[View], *, 
         v.view(probe)  # raises ValueError early if a view does not fit the image size
     embeds = engine.encode([*prompts, NULL_PROMPT])
     strategy = Anagram(engine.adapter, list(views), list(embeds[:-1].split(1)), embeds[-1:], _guidance(guidance))
-    x = iterative_denoise(_noise(engine, 1, generator), engine.timesteps(stride), strategy, i_start=0,
-                          callback=callback, generator=generator)
+    x = iterative_denoise(
+        _noise(engine, 1, generator),
+        engine.timesteps(stride),
+        strategy,
+        i_start=0,
+        callback=callback,
+        generator=generator,
+    )
     return _out(x)
 
 
 @torch.inference_mode()
-def hybrid(engine: IFEngine, prompt_low: str, prompt_high: str, *, kernel_size: int = 33, sigma: float = 2.0,
-           guidance: float = 7.0, generator: torch.Generator, callback: Callback | None = None,
-           stride: int = 30) -> Tensor:
+def hybrid(
+    engine: IFEngine,
+    prompt_low: str,
+    prompt_high: str,
+    *,
+    kernel_size: int = 33,
+    sigma: float = 2.0,
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+) -> Tensor:
     """Hybrid image (Geng et al. 2024, sec. 4.3): ``prompt_low`` from afar, ``prompt_high`` up close.
 
     ``eps = low_pass(eps_low) + high_pass(eps_high)`` with a Gaussian (``kernel_size``, ``sigma``) low-pass.
@@ -224,8 +282,14 @@ def hybrid(engine: IFEngine, prompt_low: str, prompt_high: str, *, kernel_size: 
     low_pass = GaussianBlur(kernel_size, sigma)
     embeds = engine.encode([prompt_low, prompt_high, NULL_PROMPT])
     strategy = Hybrid(engine.adapter, low_pass, [embeds[0:1], embeds[1:2]], embeds[2:3], _guidance(guidance))
-    x = iterative_denoise(_noise(engine, 1, generator), engine.timesteps(stride), strategy, i_start=0,
-                          callback=callback, generator=generator)
+    x = iterative_denoise(
+        _noise(engine, 1, generator),
+        engine.timesteps(stride),
+        strategy,
+        i_start=0,
+        callback=callback,
+        generator=generator,
+    )
     return _out(x)
 
 
@@ -246,10 +310,20 @@ class DenoiseResult:
 
 
 @torch.inference_mode()
-def denoise(engine: IFEngine, image: Tensor, t: int, method: str | DenoiseMethod, *,
-            prompt: str = "a high quality photo", guidance: float = 7.0, generator: torch.Generator,
-            callback: Callback | None = None, stride: int = 30, blur_kernel_size: int = 5,
-            blur_sigma: float = 2.0) -> DenoiseResult:
+def denoise(
+    engine: IFEngine,
+    image: Tensor,
+    t: int,
+    method: str | DenoiseMethod,
+    *,
+    prompt: str = "a high quality photo",
+    guidance: float = 7.0,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    stride: int = 30,
+    blur_kernel_size: int = 5,
+    blur_sigma: float = 2.0,
+) -> DenoiseResult:
     """Noise ``image`` to timestep ``t`` with the forward process, then denoise it with ``method``.
 
     ``iterative`` runs the loop over ``t`` followed by the strided timesteps below ``t``; ``one_step`` and
@@ -273,16 +347,26 @@ def denoise(engine: IFEngine, image: Tensor, t: int, method: str | DenoiseMethod
     else:
         below = tuple(s for s in engine.timesteps(stride) if s < t)
         ts = StridedTimesteps(schedule, (t, *below))
-        x0_hat = iterative_denoise(x_t, ts, _cfg(engine, prompt, guidance), i_start=0, callback=callback,
-                                   generator=generator)
+        x0_hat = iterative_denoise(
+            x_t, ts, _cfg(engine, prompt, guidance), i_start=0, callback=callback, generator=generator
+        )
     if method is not DenoiseMethod.ITERATIVE and callback is not None:
         callback(1, 1, x0_hat)
     return DenoiseResult(noisy=_out(x_t), denoised=_out(x0_hat))
 
 
 @torch.inference_mode()
-def upscale(stage2: Stage2Engine, image: Tensor, prompt: str, *, guidance: float = 4.0, noise_level: int = 250,
-            generator: torch.Generator, callback: Callback | None = None, steps: int = 50) -> Tensor:
+def upscale(
+    stage2: Stage2Engine,
+    image: Tensor,
+    prompt: str,
+    *,
+    guidance: float = 4.0,
+    noise_level: int = 250,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    steps: int = 50,
+) -> Tensor:
     """IF stage II: upscale a stage-I result (B, 3, h, w) to (B, 3, S, S), S = ``stage2.image_size``.
 
     As diffusers' ``IFSuperResolutionPipeline``: the image is bilinearly upscaled, noised to ``noise_level``
@@ -305,8 +389,7 @@ def upscale(stage2: Stage2Engine, image: Tensor, prompt: str, *, guidance: float
     x_T = randn(torch.empty(image.shape[0], 3, S, S, device=stage2.device), generator)
     up_noisy = _forward(up, noise_level, stage2.noise_schedule, generator=generator)
     cond, uncond = stage2.encode([prompt, NULL_PROMPT]).split(1)
-    strategy = ClassifierFree(IFSuperResAdapter(stage2.unet, up_noisy, noise_level), cond, uncond,
-                              _guidance(guidance))
+    strategy = ClassifierFree(IFSuperResAdapter(stage2.unet, up_noisy, noise_level), cond, uncond, _guidance(guidance))
     stride = T // steps
     ts = stage2.timesteps(stride, start=(steps - 1) * stride)
     return _out(iterative_denoise(x_T, ts, strategy, i_start=0, callback=callback, generator=generator))

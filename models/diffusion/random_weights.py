@@ -57,7 +57,8 @@ def load_unet_config(name: str, config_dir: str | os.PathLike[str] | None = None
     if folder is None or not (folder / name).is_file():
         raise FileNotFoundError(
             f"{name} not found (looked in {folder or 'the default places'}): set {CONFIG_DIR_ENV} to the folder "
-            "with the public IF configs (../shared/if_configs beside the checkout)")
+            "with the public IF configs (../shared/if_configs beside the checkout)"
+        )
     return {k: v for k, v in json.loads((folder / name).read_text()).items() if not k.startswith("_")}
 
 
@@ -74,8 +75,9 @@ def init_in_place(module: torch.nn.Module, generator: torch.Generator) -> None:
             p.zero_()
 
 
-def build_random_unet(config: dict[str, Any], device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
+def build_random_unet(
+    config: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> torch.nn.Module:
     """``UNet2DConditionModel(**config)`` on the meta device, ``to_empty`` on ``device`` in ``dtype``, seeded
     in-place init; returned in eval mode without gradients."""
     from diffusers import UNet2DConditionModel

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, overload
 
 import torch
@@ -53,13 +54,12 @@ def cosine_alphas_cumprod(num_train_timesteps: int = 1000, max_beta: float = 0.9
     Returns:
         alphas_cumprod: (T,) float32, decreasing from ~1 to ~0.
     """
+
     def abar(s: float) -> float:
         return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
     T = num_train_timesteps
-    betas = torch.tensor(
-        [min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)], dtype=torch.float32
-    )
+    betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)], dtype=torch.float32)
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -212,7 +212,7 @@ class StridedTimesteps(Sequence[int]):
         v = self.values
         if not v:
             raise ValueError("timesteps must not be empty")
-        if any(a <= b for a, b in zip(v, v[1:])):
+        if any(a <= b for a, b in pairwise(v)):
             raise ValueError(f"timesteps must be strictly decreasing, got {v}")
         if v[-1] < 0 or v[0] >= self.schedule.num_train_timesteps:
             raise ValueError(f"timesteps must lie in [0, {self.schedule.num_train_timesteps}), got {v}")

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +37,14 @@ class T5PromptEncoder:
         offload_to: if set, the encoder is kept on the CPU and moved to this device for each call only.
     """
 
-    def __init__(self, tokenizer: object, text_encoder: nn.Module, *, max_length: int = 77,
-                 offload_to: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        text_encoder: nn.Module,
+        *,
+        max_length: int = 77,
+        offload_to: torch.device | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.max_length = max_length
@@ -50,8 +57,14 @@ class T5PromptEncoder:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str]) -> Tensor:
         texts = [normalize_prompt(p) for p in prompts]
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
         if full.shape[-1] > self.max_length:
             logger.warning("prompt truncated to %d tokens", self.max_length)
@@ -81,8 +94,13 @@ class EmbeddingCache:
     ``misses`` counts prompts actually sent to ``encode``.
     """
 
-    def __init__(self, encode: Callable[[Sequence[str]], Tensor], *, namespace: str = "",
-                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        encode: Callable[[Sequence[str]], Tensor],
+        *,
+        namespace: str = "",
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.encode = encode
         self.namespace = namespace
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -103,7 +121,7 @@ class EmbeddingCache:
                 if meta.get("prompt") != prompt or meta.get("namespace") != self.namespace:
                     return None
                 return f.get_tensor("embeds")
-        except Exception as exc:  # a corrupt cache file only costs a re-encode
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file only costs a re-encode
             logger.warning("ignoring unreadable embedding cache file %s: %s", path, exc)
             return None
 
@@ -130,7 +148,7 @@ class EmbeddingCache:
         if todo:
             encoded = self.encode(todo)
             self.misses += len(todo)
-            for k, e in zip(todo, encoded):
+            for k, e in zip(todo, encoded, strict=True):
                 self.memory[k] = e.detach().cpu().clone()
                 self._store(k, self.memory[k])
         return torch.stack([self.memory[k] for k in keys])

@@ -20,18 +20,22 @@ CLI: ``python -m models.diffusion.tiny OUT_DIR [--stage2 OUT_DIR2] [--seed 0]``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = [
-    "IF_I_SCHEDULER_CONFIG",
     "IF_II_IMAGE_NOISING_SCHEDULER_CONFIG",
     "IF_II_SCHEDULER_CONFIG",
+    "IF_I_SCHEDULER_CONFIG",
     "TINY_STAGE1_UNET",
     "TINY_STAGE2_UNET",
     "build_tiny_if",
@@ -151,8 +155,17 @@ def _tokenizer(directory: Path) -> Any:
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 4), model_writer=buf, vocab_size=96, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+        sentence_iterator=iter(_CORPUS * 4),
+        model_writer=buf,
+        vocab_size=96,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "spiece.model").write_bytes(buf.getvalue())
@@ -162,40 +175,92 @@ def _tokenizer(directory: Path) -> Any:
 def _text_encoder(vocab_size: int) -> Any:
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config(vocab_size=vocab_size, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                      dense_act_fn="gelu_new", is_gated_act=True, pad_token_id=0, eos_token_id=1,
-                      decoder_start_token_id=0, tie_word_embeddings=False, **_TINY_T5)
+    config = T5Config(
+        vocab_size=vocab_size,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        dense_act_fn="gelu_new",
+        is_gated_act=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        tie_word_embeddings=False,
+        **_TINY_T5,
+    )
     return T5EncoderModel(config).eval()
 
 
-def _save_fp16(module: torch.nn.Module, directory: Path) -> None:
+def _save_fp16(module: Any, directory: Path) -> None:
     module.to(torch.float16).save_pretrained(str(directory), variant="fp16")
     module.to(torch.float32)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the libraries' notices while building (an empty "keep in float32" list, a missing optional
+    image backend, shard-writing progress bars): the builder's one line is what matters."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module, not its tqdm class
+    libraries = (diffusers_logging, transformers_logging)
+    levels = [lib.get_verbosity() for lib in libraries]
+    bars = [lib.is_progress_bar_enabled() for lib in libraries]
+    bars_were_off = hub_tqdm.are_progress_bars_disabled()
+    for lib in libraries:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    hub_tqdm.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lib, level, bar in zip(libraries, levels, bars, strict=True):
+            lib.set_verbosity(level)
+            if bar:
+                lib.enable_progress_bar()
+        if not bars_were_off:
+            hub_tqdm.enable_progress_bars()
+
+
 def _build(out_dir: str | os.PathLike[str], *, seed: int, stage: int) -> Path:
+    with _quiet():
+        out = _write(Path(out_dir), seed=seed, stage=stage)
+    logger.info("wrote tiny IF stage-%d pipeline to %s", stage, out)
+    return out
+
+
+def _write(out: Path, *, seed: int, stage: int) -> Path:
     from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(out / "tokenizer")
     with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: seed it without leaking state
         torch.manual_seed(seed)
         text_encoder = _text_encoder(len(tokenizer))
         unet = UNet2DConditionModel(**(TINY_STAGE1_UNET if stage == 1 else TINY_STAGE2_UNET)).eval()
-    common = dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, safety_checker=None,
-                  feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    common = {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "watermarker": None,
+        "requires_safety_checker": False,
+    }
     if stage == 1:
         pipe = IFPipeline(scheduler=DDPMScheduler.from_config(IF_I_SCHEDULER_CONFIG), **common)
     else:
         pipe = IFSuperResolutionPipeline(
             scheduler=DDPMScheduler.from_config(IF_II_SCHEDULER_CONFIG),
-            image_noising_scheduler=DDPMScheduler.from_config(IF_II_IMAGE_NOISING_SCHEDULER_CONFIG), **common)
+            image_noising_scheduler=DDPMScheduler.from_config(IF_II_IMAGE_NOISING_SCHEDULER_CONFIG),
+            **common,
+        )
     _save_fp16(unet, out / "unet")
     _save_fp16(text_encoder, out / "text_encoder")
     # float32 files last, so the saved configs describe the default (float32) weights
     pipe.save_pretrained(str(out), safe_serialization=True)
-    logger.info("wrote tiny IF stage-%d pipeline to %s", stage, out)
     return out
 
 

@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "VIEWS",
     "FlipHorizontal",
     "FlipVertical",
     "Identity",
     "Negate",
     "PatchPermute",
     "Rotate",
-    "VIEWS",
     "View",
     "get_view",
 ]

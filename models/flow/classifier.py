@@ -43,9 +43,18 @@ class MNISTClassifier(nn.Module):
         c1, c2 = config.channels
         s = config.image_size // 4
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(c2 * s * s, config.features), nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(c2 * s * s, config.features),
+            nn.ReLU(),
         )
         self.head = nn.Linear(config.features, config.num_classes)
 
@@ -77,9 +86,10 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, cfg: ClassifierTrainConfig = ClassifierTrainConfig()
+    images: torch.Tensor, labels: torch.Tensor, cfg: ClassifierTrainConfig | None = None
 ) -> MNISTClassifier:
     """Train on (N, 1, 28, 28) in [0, 1] / (N,) labels (CPU). Returns the model in eval mode."""
+    cfg = cfg or ClassifierTrainConfig()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = MNISTClassifier(ClassifierConfig(image_size=images.shape[-1]))

@@ -126,7 +126,7 @@ def download_mnist(root: str | os.PathLike, mirror: str = DEFAULT_MIRROR) -> Non
         logger.info("downloading %s", url)
         tmp = dest.with_suffix(dest.suffix + ".part")
         try:
-            urllib.request.urlretrieve(url, tmp)  # noqa: S310 (URL is a user setting)
+            urllib.request.urlretrieve(url, tmp)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise MNISTDataError(f"cannot download {url}: {e}") from e
@@ -192,11 +192,12 @@ def load_mnist_dir(
     if not pairs:
         raise MNISTDataError(
             f"no MNIST IDX files (<prefix>-images-idx3-ubyte[.gz] + labels) in {root.resolve()}; "
-            "pass the folder that holds them, or --download (needs internet) to fetch the official "
+            "point --data (or MNIST_DATA_DIR) at the folder that holds them, or add --download (needs internet) "
+            "to fetch the official "
             f"four files: {', '.join(MNIST_FILES)}"
         )
     verify_official_files(root)
-    return {name: load_split(i, l, name) for name, (i, l) in pairs.items()}
+    return {name: load_split(images, labels, name) for name, (images, labels) in pairs.items()}
 
 
 def load_all(root: str | os.PathLike, *, download: bool = False, mirror: str = DEFAULT_MIRROR) -> MNISTSplit:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -75,8 +75,9 @@ def average_digit(model: FlowUNet, n: int, *, generator: torch.Generator) -> tor
     """Outputs (n, C, S, S) of a denoiser for pure-noise inputs z ~ N(0, I)."""
     cfg = model.config
     device = next(model.parameters()).device
-    z = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator,
-                    device=generator.device).to(device)
+    z = torch.randn(
+        (n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=generator.device
+    ).to(device)
     was = model.training
     model.eval()
     try:
@@ -88,21 +89,20 @@ def average_digit(model: FlowUNet, n: int, *, generator: torch.Generator) -> tor
 def sweep_grid_rows(result: SweepResult) -> torch.Tensor:
     """(2S * N, C, H, W) in [0, 1]: for each sigma a row of noisy inputs, then a row of outputs."""
     rows = []
-    for noisy, den in zip(result.noisy, result.denoised):
+    for noisy, den in zip(result.noisy, result.denoised, strict=True):
         rows += [noisy.clamp(0, 1), den.clamp(0, 1)]
     return torch.cat(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     from .checkpoint import load_model
-    from .data import load_all
     from .pngio import save_grid
-    from .train import DEFAULT_DATA_DIR
+    from .train import add_data_arguments, load_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="denoiser trained at sigma 0.5 (.safetensors)")
     p.add_argument("--pure-noise-checkpoint", help="denoiser trained on pure noise (.safetensors)")
-    p.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    add_data_arguments(p)
     p.add_argument("--out", required=True, help="folder for the PNG grids")
     p.add_argument("--n", type=int, default=10, help="digits per row")
     p.add_argument("--seed", type=int, default=0)
@@ -113,11 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give --checkpoint and/or --pure-noise-checkpoint")
     if args.checkpoint:
         model, _ = load_model(args.checkpoint)
-        data = load_all(args.data)
+        data = load_data(args)
         pick = torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(args.seed))[: args.n]
         res = denoise_sweep(model, data.images[pick], generator=torch.Generator().manual_seed(args.seed))
         save_grid(sweep_grid_rows(res), args.n, out / "sweep.png")
-        for s, m in zip(res.sigmas, res.mse):
+        for s, m in zip(res.sigmas, res.mse, strict=True):
             logger.info("sigma %.1f: MSE to clean %.4f", s, m)
     if args.pure_noise_checkpoint:
         model, _ = load_model(args.pure_noise_checkpoint)

@@ -32,11 +32,17 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
-from .classifier import ClassifierTrainConfig, load_classifier, predict, save_classifier, train_classifier
-from .data import load_all
+from .classifier import (
+    ClassifierTrainConfig,
+    MNISTClassifier,
+    load_classifier,
+    predict,
+    save_classifier,
+    train_classifier,
+)
 from .frechet import frechet_distance
 from .sampling import SOLVERS, generate, nfe
-from .train import DEFAULT_DATA_DIR, pick_device
+from .train import add_data_arguments, load_data, pick_device
 from .unet import FlowUNet
 
 logger = logging.getLogger("models.flow.evaluate")
@@ -66,7 +72,14 @@ def split_indices(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def sample_in_chunks(
-    model: FlowUNet, n: int, *, conditional: bool, method: str, steps: int, guidance: float, seed: int,
+    model: FlowUNet,
+    n: int,
+    *,
+    conditional: bool,
+    method: str,
+    steps: int,
+    guidance: float,
+    seed: int,
     chunk: int = 250,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate n digits (requested labels i % 10 for the class model), chunked to bound memory."""
@@ -76,13 +89,15 @@ def sample_in_chunks(
     for b in range(0, n, chunk):
         m = min(chunk, n - b)
         digits = None if labels is None else labels[b : b + m].tolist()
-        out.append(generate(model, n=m, digits=digits, steps=steps, guidance=guidance, method=method, generator=g).cpu())
+        out.append(
+            generate(model, n=m, digits=digits, steps=steps, guidance=guidance, method=method, generator=g).cpu()
+        )
     return torch.cat(out), labels
 
 
 def evaluate(
     model: FlowUNet,
-    classifier: torch.nn.Module,
+    classifier: MNISTClassifier,
     real_ref_features: torch.Tensor,
     solvers: list[tuple[str, int]],
     *,
@@ -102,8 +117,15 @@ def evaluate(
         preds, feats = predict(classifier, images)
         acc = float((preds == labels).float().mean()) if labels is not None else None
         row = EvalRow(
-            method, steps, nfe(method, steps), guidance if conditional else None, n, acc,
-            frechet_distance(feats, real_ref_features), secs, torch.bincount(preds, minlength=10).tolist(),
+            method,
+            steps,
+            nfe(method, steps),
+            guidance if conditional else None,
+            n,
+            acc,
+            frechet_distance(feats, real_ref_features),
+            secs,
+            torch.bincount(preds, minlength=10).tolist(),
         )
         logger.info("%s", row)
         rows.append(row)
@@ -141,12 +163,20 @@ def parse_solver(spec: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="flow .safetensors (JSON beside it)")
-    p.add_argument("--classifier", default="models/checkpoints/mnist_classifier.safetensors",
-                   help="classifier checkpoint; trained and written there when missing")
+    p.add_argument(
+        "--classifier",
+        default="models/checkpoints/mnist_classifier.safetensors",
+        help="classifier checkpoint; trained and written there when missing",
+    )
     p.add_argument("--retrain-classifier", action="store_true")
-    p.add_argument("--data", default=str(DEFAULT_DATA_DIR))
-    p.add_argument("--solvers", nargs="+", type=parse_solver, default=[("euler", 50), ("heun", 25), ("heun", 12)],
-                   help="METHOD:STEPS, e.g. euler:50 heun:12")
+    add_data_arguments(p)
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        type=parse_solver,
+        default=[("euler", 50), ("heun", 25), ("heun", 12)],
+        help="METHOD:STEPS, e.g. euler:50 heun:12",
+    )
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
@@ -159,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = load_all(args.data)
+    data = load_data(args)
     idx = split_indices(data.images.shape[0], args.split_seed)
     clf_path = Path(args.classifier)
     if args.retrain_classifier or not clf_path.exists():
@@ -167,18 +197,25 @@ def main(argv: list[str] | None = None) -> dict:
         clf = train_classifier(data.images[idx["clf_train"]], data.labels[idx["clf_train"]], ClassifierTrainConfig())
         hold_pred, _ = predict(clf, data.images[idx["clf_holdout"]])
         hold_acc = float((hold_pred == data.labels[idx["clf_holdout"]]).float().mean())
-        save_classifier(clf, clf_path, metadata={
-            "data": f"{args.data} ({data.name})", "split_seed": args.split_seed,
-            "train_images": int(idx["clf_train"].numel()), "holdout_images": int(idx["clf_holdout"].numel()),
-            "holdout_accuracy": hold_acc, "train_config": asdict(ClassifierTrainConfig()),
-            "seconds": round(time.perf_counter() - t0, 1),
-        })
+        save_classifier(
+            clf,
+            clf_path,
+            metadata={
+                "data": f"{args.data} ({data.name})",
+                "split_seed": args.split_seed,
+                "train_images": int(idx["clf_train"].numel()),
+                "holdout_images": int(idx["clf_holdout"].numel()),
+                "holdout_accuracy": hold_acc,
+                "train_config": asdict(ClassifierTrainConfig()),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+        )
         logger.info("trained classifier: holdout accuracy %.4f -> %s", hold_acc, clf_path)
     clf = load_classifier(clf_path)
     hold_pred, _ = predict(clf, data.images[idx["clf_holdout"]])
     hold_acc = float((hold_pred == data.labels[idx["clf_holdout"]]).float().mean())
 
-    pred_a, feats_a = predict(clf, data.images[idx["fd_a"]])
+    _, feats_a = predict(clf, data.images[idx["fd_a"]])
     pred_b, feats_b = predict(clf, data.images[idx["fd_b"]])
     lab_b = data.labels[idx["fd_b"]]
     n_small = min(args.n, feats_b.shape[0])

@@ -10,7 +10,7 @@ global RNG or its inputs.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -24,7 +24,7 @@ def tensor_to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     arr = (img * 255).round().to(torch.uint8).numpy()
     pil = Image.fromarray(arr, mode="L")
     if scale != 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     return pil
 
 
@@ -59,7 +59,7 @@ def save_loss_curve(
         d.line([pt(i, y) for i, y in enumerate(avg)], fill=(30, 80, 200), width=2)
         for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
             y = lo + frac * (hi - lo)
-            label = f"{10 ** y:.3g}" if log_y else f"{y:.3g}"
+            label = f"{10**y:.3g}" if log_y else f"{y:.3g}"
             _, py = pt(0, y)
             d.line([(m - 5, py), (m, py)], fill="black")
             d.text((5, py - 6), label, fill="black")

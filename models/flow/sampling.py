@@ -22,7 +22,8 @@ Classifier-free guidance (Ho & Salimans 2022, eq. 6, written for velocities):
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +59,9 @@ def _t(ts: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
 _Step = Callable[[VelocityFn, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
-def _integrate(step: _Step, velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor,
-               callback: StepCallback | None) -> torch.Tensor:
+def _integrate(
+    step: _Step, velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None
+) -> torch.Tensor:
     """The one solver loop: ``step`` over each interval of ``ts``, ``callback(i + 1, K, x)`` after each."""
     total = ts.shape[0] - 1
     for i in range(total):
@@ -80,8 +82,7 @@ def _heun_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, 
     return x + dt * 0.5 * (v0 + v1)
 
 
-def _midpoint_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int,
-                   dt: torch.Tensor) -> torch.Tensor:
+def _midpoint_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
     t_mid = (0.5 * (ts[i] + ts[i + 1])).to(x.dtype).expand(x.shape[0])
     v0 = velocity(x, _t(ts, i, x))
     return x + dt * velocity(x + 0.5 * dt * v0, t_mid)
@@ -98,9 +99,7 @@ def euler(
     return _integrate(_euler_step, velocity, x, ts, callback)
 
 
-def heun(
-    velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None
-) -> torch.Tensor:
+def heun(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
     """Heun's method: Euler predictor, trapezoidal corrector. Shapes as in :func:`euler`; 2K NFE."""
     return _integrate(_heun_step, velocity, x, ts, callback)
 

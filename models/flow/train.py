@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model, save_model
-from .data import DEFAULT_MIRROR, load_all
+from .data import DEFAULT_MIRROR, MNISTDataError, MNISTSplit, load_all
 from .objectives import add_noise
 from .pngio import save_grid, save_loss_curve
 from .sampling import generate
@@ -38,7 +38,33 @@ from .unet import FlowUNet
 logger = logging.getLogger("models.flow.train")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+#: Where the CLIs look for MNIST when --data is not given: $MNIST_DATA_DIR, else the workplace's shared copy.
+DEFAULT_DATA_DIR = Path(os.environ.get("MNIST_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data" / "mnist")
+DATA_HELP = (
+    "folder with MNIST IDX files: the four official files (train/t10k images and labels, .gz or not) or any "
+    "<prefix>-images-idx3-ubyte + <prefix>-labels-idx1-ubyte pair; default $MNIST_DATA_DIR, else "
+    f"{DEFAULT_DATA_DIR}"
+)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --download and --mirror, the same for every flow command line."""
+    p.add_argument("--data", default=str(DEFAULT_DATA_DIR), help=DATA_HELP)
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the four official files into --data first (md5-checked; needs internet)",
+    )
+    p.add_argument("--mirror", default=DEFAULT_MIRROR, help="URL prefix for --download")
+
+
+def load_data(args: argparse.Namespace) -> MNISTSplit:
+    """The digits of --data (after --download), or exit 2 with the reason and what to do (no traceback)."""
+    try:
+        return load_all(args.data, download=args.download, mirror=args.mirror)
+    except MNISTDataError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(2) from None
 
 
 def machine_description(device: torch.device) -> str:
@@ -64,7 +90,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sample_grid(model: FlowUNet, objective: str, fixed: torch.Tensor, seed: int, sigma: float) -> tuple[torch.Tensor, int]:
+def sample_grid(
+    model: FlowUNet, objective: str, fixed: torch.Tensor, seed: int, sigma: float
+) -> tuple[torch.Tensor, int]:
     """Images for a progress grid and its column count.
 
     time: 40 unguided samples; class: 4 rows of digits 0..9 (guidance 5, 50 Euler steps);
@@ -89,16 +117,18 @@ def sample_grid(model: FlowUNet, objective: str, fixed: torch.Tensor, seed: int,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objective", choices=["denoise", "time", "class"], default="time")
-    p.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="folder with MNIST IDX files (gzip)")
-    p.add_argument("--download", action="store_true", help="fetch the four official files into --data first")
-    p.add_argument("--mirror", default=DEFAULT_MIRROR, help="URL prefix for --download")
+    add_data_arguments(p)
     p.add_argument("--out", required=True, help="run folder (created)")
     p.add_argument("--epochs", type=int, help="default: 5 (denoise) / 10 (flow)")
     p.add_argument("--batch-size", type=int, help="default: 256 (denoise) / 64 (flow)")
     p.add_argument("--lr", type=float, help="default: 1e-4 (denoise) / 1e-2 (flow)")
     p.add_argument("--hidden", type=int, help="UNet width D; default 128 (denoise) / 64 (flow)")
-    p.add_argument("--scheduler", choices=["exponential", "none"], default="exponential",
-                   help="'none' = AdamW at lr/10, constant (the seed's ablation)")
+    p.add_argument(
+        "--scheduler",
+        choices=["exponential", "none"],
+        default="exponential",
+        help="'none' = AdamW at lr/10, constant (the seed's ablation)",
+    )
     p.add_argument("--gamma", type=float, help="ExponentialLR gamma; default 0.1 ** (1/epochs)")
     p.add_argument("--sigma", type=float, default=0.5, help="denoiser training noise level")
     p.add_argument("--pure-noise", action="store_true", help="denoiser on pure noise (average digit)")
@@ -122,17 +152,24 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    split = load_all(args.data, download=args.download, mirror=args.mirror)
+    split = load_data(args)  # before the run folder exists: a failed start leaves no empty folder behind
     logger.info("data %s from %s: %d images", split.name, args.data, split.images.shape[0])
     cfg = TrainConfig(
-        objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        num_hiddens=args.hidden, scheduler=args.scheduler, gamma=args.gamma, sigma=args.sigma,
-        pure_noise=args.pure_noise, p_uncond=args.p_uncond, seed=args.seed, bf16=args.bf16,
-        channels_last=args.channels_last, max_steps=args.max_steps,
+        objective=args.objective,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_hiddens=args.hidden,
+        scheduler=args.scheduler,
+        gamma=args.gamma,
+        sigma=args.sigma,
+        pure_noise=args.pure_noise,
+        p_uncond=args.p_uncond,
+        seed=args.seed,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        max_steps=args.max_steps,
     ).resolved()
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     assert cfg.epochs is not None
     wanted = {cfg.epochs if s.strip() == "last" else int(s) for s in args.sample_epochs.split(",") if s.strip()}
     fixed = split.images[torch.randperm(split.images.shape[0], generator=torch.Generator().manual_seed(1))[:10]]
@@ -162,12 +199,23 @@ def main(argv: list[str] | None = None) -> Path:
     if args.init:
         init_model, init_cfg = load_model(args.init)
         if init_cfg.conditioning != OBJECTIVE_TO_CONDITIONING[cfg.objective] or init_cfg.num_hiddens != cfg.num_hiddens:
-            raise SystemExit(f"--init {args.init} is {init_cfg}, which does not fit {cfg.objective} at D={cfg.num_hiddens}")
+            raise SystemExit(
+                f"--init {args.init} is {init_cfg}, which does not fit {cfg.objective} at D={cfg.num_hiddens}"
+            )
         init_state = {k: v.float() if v.is_floating_point() else v for k, v in init_model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     t0 = time.perf_counter()
-    result = train(cfg, split.images, split.labels, device=device, on_epoch_end=on_epoch_end,
-                   progress=not args.no_progress, init_state=init_state)
+    result = train(
+        cfg,
+        split.images,
+        split.labels,
+        device=device,
+        on_epoch_end=on_epoch_end,
+        progress=not args.no_progress,
+        init_state=init_state,
+    )
     wall = time.perf_counter() - t0
     save_model(result.model, result.unet_config, out / "model.safetensors", metadata=metadata(wall))
     (out / "losses.json").write_text(json.dumps(result.losses) + "\n")

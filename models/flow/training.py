@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from functools import partial
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ class TrainConfig:
     channels_last: bool = False  # channels-last memory format (CUDA only)
     max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with every ``None`` replaced by the objective's default."""
         d = defaults_for(self.objective)
         out = TrainConfig(**{k: (d[k] if v is None and k in d else v) for k, v in asdict(self).items()})
@@ -148,7 +150,7 @@ def train(
         model.load_state_dict(init_state)
     model = model.to(device)
     memory_format = torch.channels_last if (cfg.channels_last and cuda) else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]  # nn.Module.to takes it
     opt, sched = make_optimizer(model, cfg)
     use_bf16 = cfg.bf16 and cuda
 
@@ -179,15 +181,13 @@ def train(
             x_1 = data[idx]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if cfg.objective == "denoise":
-                    loss = denoiser_loss(
-                        model, x_1, cfg.sigma, generator=noise_gen, pure_noise=cfg.pure_noise
-                    )
+                    loss = denoiser_loss(model, x_1, cfg.sigma, generator=noise_gen, pure_noise=cfg.pure_noise)
                 elif cfg.objective == "time":
                     loss = flow_matching_loss(lambda x, t: model(x, t), x_1, generator=noise_gen)
                 else:
                     c = F.one_hot(targets[idx], unet_cfg.num_classes).to(x_1.dtype)
                     c = drop_labels(c, cfg.p_uncond, generator=noise_gen)
-                    loss = flow_matching_loss(lambda x, t: model(x, t, c), x_1, generator=noise_gen)
+                    loss = flow_matching_loss(partial(model, c=c), x_1, generator=noise_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -209,7 +209,12 @@ def train(
         result.epochs.append(er)
         logger.info(
             "epoch %d/%d loss %.5f lr %.2e %.1fs (%.1f img/s)",
-            epoch, cfg.epochs, er.mean_loss, er.lr, er.seconds, er.images / max(er.seconds, 1e-9),
+            epoch,
+            cfg.epochs,
+            er.mean_loss,
+            er.lr,
+            er.seconds,
+            er.images / max(er.seconds, 1e-9),
         )
         if on_epoch_end is not None:
             on_epoch_end(model, er)

@@ -67,8 +67,8 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        known = {f for f in cls.__dataclass_fields__}
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown UNetConfig fields: {sorted(unknown)}")
@@ -111,9 +111,7 @@ class Unflatten(nn.Sequential):
     """ConvTranspose2d kxk stride k + BN + GELU: (B, c, 1, 1) -> (B, c, k, k)."""
 
     def __init__(self, channels: int, kernel: int = 7) -> None:
-        super().__init__(
-            nn.ConvTranspose2d(channels, channels, kernel, kernel), nn.BatchNorm2d(channels), nn.GELU()
-        )
+        super().__init__(nn.ConvTranspose2d(channels, channels, kernel, kernel), nn.BatchNorm2d(channels), nn.GELU())
 
 
 class ConvBlock(nn.Sequential):
@@ -177,9 +175,7 @@ class FlowUNet(nn.Module):
             self.fc1_c = FCBlock(config.num_classes, 2 * d)
             self.fc2_c = FCBlock(config.num_classes, d)
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor | None = None, c: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         cond = self.config.conditioning
         if cond != "none" and t is None:
             raise ValueError(f"a {cond!r}-conditioned UNet needs t")

@@ -20,7 +20,9 @@ MAX_EXAMPLES = 40
 @pytest.fixture(scope="module")
 def live_api(redis_server, mnist_checkpoints, tmp_path_factory):
     # No worker: jobs only queue, so the fuzzer exercises the HTTP surface; /readyz is 503 by design then.
-    stack = Stack(redis_server.url, {**mnist_checkpoints, "MAX_QUEUE_DEPTH": "1000000"}, tmp_path_factory.mktemp("fuzz"))
+    stack = Stack(
+        redis_server.url, {**mnist_checkpoints, "MAX_QUEUE_DEPTH": "1000000"}, tmp_path_factory.mktemp("fuzz")
+    )
     stack.start_api()
     yield stack
     stack.stop()
@@ -33,8 +35,18 @@ def _operations(live_api: Stack):
 
 def test_every_operation_is_fuzzed(live_api: Stack) -> None:
     labels = {op.label for op in _operations(live_api)}
-    assert {"POST /mnist/sample", "POST /sdedit", "POST /inpaint", "POST /anagram", "POST /hybrid", "POST /sample",
-            "POST /denoise", "GET /jobs/{job_id}", "GET /jobs/{job_id}/result", "POST /jobs/{job_id}/cancel"} <= labels
+    assert {
+        "POST /mnist/sample",
+        "POST /sdedit",
+        "POST /inpaint",
+        "POST /anagram",
+        "POST /hybrid",
+        "POST /sample",
+        "POST /denoise",
+        "GET /jobs/{job_id}",
+        "GET /jobs/{job_id}/result",
+        "POST /jobs/{job_id}/cancel",
+    } <= labels
 
 
 def test_api_never_errors_and_speaks_problem_json(live_api: Stack) -> None:
@@ -47,7 +59,7 @@ def test_api_never_errors_and_speaks_problem_json(live_api: Stack) -> None:
         @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case) -> None:
             response = case.call(base_url=base_url)
-            assert response.status_code < 500, (operation.label, response.text)
+            assert response.status_code < 500, (operation.label, response.text)  # noqa: B023 - check() runs within this iteration
             if response.status_code >= 400:
                 content_type = response.headers.get("content-type") or [""]
                 assert content_type[0].startswith("application/problem+json"), response.text

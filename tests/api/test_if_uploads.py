@@ -17,8 +17,13 @@ from tests.images import gradient, half_mask, noise
 
 @pytest.fixture
 def client(redis_server, tmp_path):
-    s = Settings(redis_url=redis_server.url, queue_name=f"up-{uuid.uuid4().hex[:8]}", results_dir=tmp_path,
-                 max_upload_bytes=200_000, max_image_pixels=1_000_000)
+    s = Settings(
+        redis_url=redis_server.url,
+        queue_name=f"up-{uuid.uuid4().hex[:8]}",
+        results_dir=tmp_path,
+        max_upload_bytes=200_000,
+        max_image_pixels=1_000_000,
+    )
     with TestClient(create_app(s)) as c:
         yield c
 
@@ -34,8 +39,11 @@ def _problem(r, status: int, field: str, slug: str | None = None) -> None:
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_accepted_formats(client, fmt) -> None:
-    r = client.post("/sdedit", files={"image": ("x", gradient(fmt=fmt), "application/octet-stream")},
-                    data={"prompt": "a photo", "i_start": "5"})
+    r = client.post(
+        "/sdedit",
+        files={"image": ("x", gradient(fmt=fmt), "application/octet-stream")},
+        data={"prompt": "a photo", "i_start": "5"},
+    )
     assert r.status_code == 202, r.text
     assert r.json()["params"]["i_start"] == 5 and r.json()["kind"] == "if_sdedit"
 
@@ -69,18 +77,28 @@ def _huge_png() -> bytes:
 def test_bad_uploads(client, data, status, slug) -> None:
     r = client.post("/sdedit", files={"image": ("x.png", data, "image/png")}, data={"prompt": "p"})
     _problem(r, status, "image", slug)
-    r = client.post("/inpaint", files={"image": ("a.png", gradient(), "image/png"), "mask": ("m.png", data, "image/png")},
-                    data={"prompt": "p"})
+    r = client.post(
+        "/inpaint",
+        files={"image": ("a.png", gradient(), "image/png"), "mask": ("m.png", data, "image/png")},
+        data={"prompt": "p"},
+    )
     _problem(r, status, "mask", slug)
 
 
 def test_missing_file_and_mask_mismatch(client) -> None:
     _problem(client.post("/sdedit", data={"prompt": "p"}), 422, "image")
-    r = client.post("/inpaint", files={"image": ("a.png", gradient(48, 40), "image/png"),
-                                       "mask": ("m.png", half_mask(40, 40), "image/png")})
+    r = client.post(
+        "/inpaint",
+        files={"image": ("a.png", gradient(48, 40), "image/png"), "mask": ("m.png", half_mask(40, 40), "image/png")},
+    )
     _problem(r, 422, "mask", "mask-size-mismatch")
-    ok = client.post("/inpaint", files={"image": ("a.png", gradient(48, 40), "image/png"),
-                                        "mask": ("m.png", half_mask(48, 40, "RGBA"), "image/png")})
+    ok = client.post(
+        "/inpaint",
+        files={
+            "image": ("a.png", gradient(48, 40), "image/png"),
+            "mask": ("m.png", half_mask(48, 40, "RGBA"), "image/png"),
+        },
+    )
     assert ok.status_code == 202
 
 
@@ -125,7 +143,11 @@ def test_anagram_defaults_and_hybrid_defaults(client) -> None:
     assert r.status_code == 202 and r.json()["params"]["views"] == ["identity", "flip_vertical"]
     r = client.post("/hybrid", data={"prompt_low": "a skull", "prompt_high": "a waterfall"})
     assert r.status_code == 202
-    assert (r.json()["params"]["kernel_size"], r.json()["params"]["sigma"], r.json()["params"]["guidance"]) == (33, 2.0, 7.0)
+    assert (r.json()["params"]["kernel_size"], r.json()["params"]["sigma"], r.json()["params"]["guidance"]) == (
+        33,
+        2.0,
+        7.0,
+    )
 
 
 def test_view_names_match_the_engine() -> None:

@@ -10,13 +10,15 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
-from core.settings import Settings
 from core.protocol import tombstone_key
+from core.settings import Settings
 
 
 @pytest.fixture
 def settings(redis_server, tmp_path) -> Settings:
-    return Settings(redis_url=redis_server.url, queue_name=f"api-{uuid.uuid4().hex[:8]}", results_dir=tmp_path, max_n=100)
+    return Settings(
+        redis_url=redis_server.url, queue_name=f"api-{uuid.uuid4().hex[:8]}", results_dir=tmp_path, max_n=100
+    )
 
 
 @pytest.fixture
@@ -113,8 +115,9 @@ def test_cancel_queued_job_at_once_and_twice_is_409(client) -> None:
 
 
 def test_queue_full_is_503_with_retry_after(redis_server, tmp_path) -> None:
-    s = Settings(redis_url=redis_server.url, queue_name=f"full-{uuid.uuid4().hex[:8]}", results_dir=tmp_path,
-                 max_queue_depth=2)
+    s = Settings(
+        redis_url=redis_server.url, queue_name=f"full-{uuid.uuid4().hex[:8]}", results_dir=tmp_path, max_queue_depth=2
+    )
     with TestClient(create_app(s)) as c:
         for _ in range(2):
             assert c.post("/mnist/sample", params={"digit": 1}).status_code == 202

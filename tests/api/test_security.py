@@ -14,8 +14,13 @@ from tests.images import gradient
 
 @pytest.fixture
 def locked(redis_server, tmp_path):
-    s = Settings(redis_url=redis_server.url, queue_name=f"sec-{uuid.uuid4().hex[:8]}", results_dir=tmp_path,
-                 api_key="s3cret-key", max_upload_bytes=100_000)
+    s = Settings(
+        redis_url=redis_server.url,
+        queue_name=f"sec-{uuid.uuid4().hex[:8]}",
+        results_dir=tmp_path,
+        api_key="s3cret-key",
+        max_upload_bytes=100_000,
+    )
     with TestClient(create_app(s)) as c:
         yield c
 
@@ -50,9 +55,17 @@ def test_oversized_body_is_413_before_parsing(locked) -> None:
     assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
 
 
-@pytest.mark.parametrize("path", ["/jobs/..%2F..%2Fetc%2Fpasswd", "/jobs/%2e%2e/result", "/jobs/" + "A" * 32,
-                                  "/jobs/" + "a" * 31 + "/result", "/jobs/" + "a" * 32 + "/files/..%2Fmanifest.json",
-                                  "/jobs/" + "a" * 32 + "/files/.env"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/..%2F..%2Fetc%2Fpasswd",
+        "/jobs/%2e%2e/result",
+        "/jobs/" + "A" * 32,
+        "/jobs/" + "a" * 31 + "/result",
+        "/jobs/" + "a" * 32 + "/files/..%2Fmanifest.json",
+        "/jobs/" + "a" * 32 + "/files/.env",
+    ],
+)
 def test_no_path_traversal(locked, path) -> None:
     r = locked.get(path, headers={"X-API-Key": "s3cret-key"})
     assert r.status_code == 404, r.text

@@ -24,7 +24,8 @@ CONFIGS = find_config_dir()
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory):
-    from models.diffusion import build_tiny_if, build_tiny_if_stage2, load_stage1, load_stage2
+    from models.diffusion import load_stage1, load_stage2
+    from models.diffusion.tiny import build_tiny_if, build_tiny_if_stage2
 
     root = tmp_path_factory.mktemp("tiny_if_cuda")
     s1 = load_stage1(build_tiny_if(root / "s1"), device="cuda")
@@ -54,10 +55,12 @@ def test_every_operation_runs_seeded_on_cuda(engines) -> None:
     keep = mask.expand_as(img).cuda() == 0
     assert torch.equal(out[keep], img.cuda()[keep])
     views = [get_view("identity"), get_view("jigsaw")]
-    for x in (sdedit(s1, img, "a dog", i_start=5, generator=gen(), stride=100),
-              anagram(s1, ["a", "b"], views, generator=gen(), stride=100),
-              hybrid(s1, "a", "b", generator=gen(), stride=100),
-              denoise(s1, img, 500, "iterative", generator=gen(), stride=100).denoised):
+    for x in (
+        sdedit(s1, img, "a dog", i_start=5, generator=gen(), stride=100),
+        anagram(s1, ["a", "b"], views, generator=gen(), stride=100),
+        hybrid(s1, "a", "b", generator=gen(), stride=100),
+        denoise(s1, img, 500, "iterative", generator=gen(), stride=100).denoised,
+    ):
         assert x.shape == (1, 3, 32, 32) and torch.isfinite(x).all()
     assert upscale(s2, a, "a dog", generator=gen(), steps=3).shape == (1, 3, 64, 64)
 

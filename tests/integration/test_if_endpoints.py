@@ -3,6 +3,8 @@ the same from_pretrained path as the real model), real uvicorn; everything throu
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -35,8 +37,16 @@ def _get(stack: Stack, url: str) -> bytes:
 
 def test_readyz_lists_if_operations(if_stack: Stack) -> None:
     ops = if_stack.client.get("/readyz").json()["operations"]
-    assert {"if_sample", "if_sdedit", "if_inpaint", "if_anagram", "if_hybrid", "if_denoise", "if_upscale",
-            "mnist_sample"} <= set(ops)
+    assert {
+        "if_sample",
+        "if_sdedit",
+        "if_inpaint",
+        "if_anagram",
+        "if_hybrid",
+        "if_denoise",
+        "if_upscale",
+        "mnist_sample",
+    } <= set(ops)
 
 
 def test_sample_and_upscale(if_stack: Stack) -> None:
@@ -66,7 +76,10 @@ def test_sdedit_same_seed_same_bytes_and_input_as_used(if_stack: Stack) -> None:
 @pytest.mark.parametrize("mask_mode", ["L", "RGBA"])
 def test_inpaint_keeps_the_known_pixels(if_stack: Stack, mask_mode: str) -> None:
     image = np.asarray(decode(noise(32, 32, seed=5)))
-    files = {"image": ("i.png", png_of(image), "image/png"), "mask": ("m.png", half_mask(32, 32, mask_mode), "image/png")}
+    files = {
+        "image": ("i.png", png_of(image), "image/png"),
+        "mask": ("m.png", half_mask(32, 32, mask_mode), "image/png"),
+    }
     body = _run(if_stack, "/inpaint", {"prompt": "a cat", "seed": "1"}, files)
     out = decode(_get(if_stack, body["result_url"]))
     np.testing.assert_array_equal(out[:, 16:], image[:, 16:])  # mask 0 (black / transparent): kept exactly
@@ -76,8 +89,11 @@ def test_inpaint_keeps_the_known_pixels(if_stack: Stack, mask_mode: str) -> None
 
 
 def test_anagram_writes_every_view(if_stack: Stack) -> None:
-    data = {"prompts": ["a campfire", "an old man", "a dog"], "views": ["identity", "flip_vertical", "rot90"],
-            "seed": "2"}
+    data = {
+        "prompts": ["a campfire", "an old man", "a dog"],
+        "views": ["identity", "flip_vertical", "rot90"],
+        "seed": "2",
+    }
     body = _run(if_stack, "/anagram", data)
     main = decode(_get(if_stack, body["result_url"]))
     flipped = decode(_get(if_stack, body["results"]["view_1_flip_vertical.png"]))
@@ -88,8 +104,11 @@ def test_anagram_writes_every_view(if_stack: Stack) -> None:
 
 
 def test_hybrid_has_low_frequency_rendering(if_stack: Stack) -> None:
-    body = _run(if_stack, "/hybrid", {"prompt_low": "a skull", "prompt_high": "a waterfall", "kernel_size": "9",
-                                      "sigma": "1.5", "seed": "4"})
+    body = _run(
+        if_stack,
+        "/hybrid",
+        {"prompt_low": "a skull", "prompt_high": "a waterfall", "kernel_size": "9", "sigma": "1.5", "seed": "4"},
+    )
     assert decode(_get(if_stack, body["result_url"])).shape == (32, 32, 3)
     assert decode(_get(if_stack, body["results"]["low_frequency.png"])).shape == (8, 8, 3)
 
@@ -123,3 +142,34 @@ def test_if_weights_missing_503_says_how_to_fix(make_stack, tmp_path) -> None:
     assert "if_stage1" in r.json()["detail"] and "IF_STAGE1_MODEL" in r.json()["detail"]
     job = stack.client.post("/mnist/sample", params={"digit": 1, "steps": 2}).json()
     assert stack.wait_terminal(job["id"])["status"] == "succeeded"
+
+
+def test_hub_unreachable_fails_fast_and_readyz_says_why(make_stack, tmp_path) -> None:
+    from tests.support import free_port
+
+    stack = make_stack(
+        IF_ENABLED="true",
+        IF_STAGE1_MODEL="DeepFloyd/IF-I-XL-v1.0",
+        HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    started = time.monotonic()
+    stack.start_worker()
+    assert time.monotonic() - started < 20  # the hub client alone retries for ~30 s per file
+    ready = stack.client.get("/readyz").json()
+    assert ready["ready"] and ready["operations"] == ["mnist_sample"]
+    states = ready["operation_states"]
+    assert states["mnist_sample"] == {"available": True, "workers": 1, "reason": None}
+    for op in ("if_sample", "if_sdedit", "if_upscale"):
+        assert not states[op]["available"] and "unreachable" in states[op]["reason"], states[op]
+    r = stack.client.post("/sample", data={"prompt": "a cat"})
+    assert r.status_code == 503 and "unreachable" in r.json()["detail"]
+    job = stack.client.post("/mnist/sample", params={"digit": 1, "steps": 2}).json()
+    assert stack.wait_terminal(job["id"])["status"] == "succeeded"
+
+
+def test_if_enabled_auto_is_off_without_cuda_and_readyz_says_so(make_stack) -> None:
+    stack = make_stack(IF_ENABLED="auto")
+    stack.start_worker()
+    states = stack.client.get("/readyz").json()["operation_states"]
+    assert not states["if_hybrid"]["available"] and "IF_ENABLED=auto" in states["if_hybrid"]["reason"]

@@ -8,22 +8,40 @@ import subprocess
 import time
 
 import httpx
+import pytest
 import redis
 
 from tests.support import ROOT, free_port, wait_until
 
 
-def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp_path) -> None:
+@pytest.mark.parametrize("tiny_if", [False, True], ids=["mnist", "tiny-if"])
+def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp_path, tiny_if: bool) -> None:
     redis_port, port = free_port(), free_port()
-    env = {**os.environ, **mnist_checkpoints, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PORT": str(port),
-           "RESULTS_DIR": str(tmp_path / "results"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(["bash", "scripts/run.sh"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=open(tmp_path / "run.log", "wb"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        **mnist_checkpoints,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PORT": str(port),
+        "RESULTS_DIR": str(tmp_path / "results"),
+        "OMP_NUM_THREADS": "1",
+    }
+    if tiny_if:  # `TINY_IF=1 make run`: every endpoint on the tiny random-weight IF pipelines
+        env |= {"TINY_IF": "1", "TINY_IF_DIR": str(tmp_path / "tiny-if")}
+    expected = ["mnist_sample"]
+    if tiny_if:
+        expected = sorted(
+            [*expected, "if_anagram", "if_denoise", "if_hybrid", "if_inpaint", "if_sample", "if_sdedit", "if_upscale"]
+        )
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["bash", "scripts/run.sh"], cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+        )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
+
         def ready():
             try:
-                return client.get("/readyz").json().get("operations") == ["mnist_sample"]
+                return client.get("/readyz").json().get("operations") == expected
             except (httpx.HTTPError, ValueError):
                 return False
 
@@ -39,7 +57,10 @@ def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp
         client.close()
     time.sleep(0.5)
     leftovers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert leftovers == [], (tmp_path / "run.log").read_text()
+    log = (tmp_path / "run.log").read_text()
+    assert leftovers == [], log
+    assert "Traceback" not in log and "Error" not in log, log  # an orderly, quiet shutdown
+    assert log.rstrip().endswith("run: stopped"), log
     try:
         redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
         raise AssertionError("redis-server still running after Ctrl-C")

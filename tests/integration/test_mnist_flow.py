@@ -79,3 +79,25 @@ def test_cancel_queued_and_running_within_a_second(make_stack) -> None:
     # and the worker goes on serving
     ok = stack.client.post("/mnist/sample", params={"digit": 2, "n": 1, "steps": 2}).json()
     assert stack.wait_terminal(ok["id"])["status"] == "succeeded"
+
+
+def test_head_on_results_answers_like_get_without_a_body(stack: Stack) -> None:
+    body = stack.wait_terminal(stack.client.post("/mnist/sample", params={"digit": 5, "n": 2, "steps": 2}).json()["id"])
+    for url in (body["result_url"], body["results"]["manifest.json"]):
+        get, head = stack.client.get(url), stack.client.head(url)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert int(head.headers["content-length"]) == len(get.content)
+    assert stack.client.head(f"/jobs/{body['id']}/files/nope.png").status_code == 404
+
+
+def test_started_at_stays_put_across_polls(stack: Stack) -> None:
+    job = stack.client.post("/mnist/sample", params={"digit": 2, "n": 20, "steps": 200}).json()
+    running = stack.wait_status(job["id"], "running", 30)
+    seen = {running["started_at"]}
+    for _ in range(5):
+        seen.add(stack.job(job["id"])["started_at"])
+        time.sleep(0.05)
+    stack.client.post(f"/jobs/{job['id']}/cancel")
+    seen.add(stack.wait_terminal(job["id"])["started_at"])
+    assert len(seen) == 1, seen

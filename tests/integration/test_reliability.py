@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 from rq import Queue, Retry
 
-from tests.support import RedisServer, Stack, wait_until
+from tests.support import RedisServer, Stack
 
 
 def _enqueue_raw(stack: Stack, func: str) -> str:
@@ -21,8 +21,10 @@ def _enqueue_raw(stack: Stack, func: str) -> str:
     return job_id
 
 
-@pytest.mark.parametrize("func,needle", [("tests.fault_jobs.out_of_memory", "out of memory"),
-                                         ("tests.fault_jobs.bug", "RuntimeError: something broke")])
+@pytest.mark.parametrize(
+    "func,needle",
+    [("tests.fault_jobs.out_of_memory", "out of memory"), ("tests.fault_jobs.bug", "RuntimeError: something broke")],
+)
 def test_failing_job_fails_clearly_once_and_worker_goes_on(stack: Stack, func: str, needle: str) -> None:
     worker = stack.workers[0]
     job_id = _enqueue_raw(stack, func)
@@ -40,8 +42,10 @@ def test_redis_restart_with_queued_jobs_loses_nothing(mnist_checkpoints, tmp_pat
     stack = Stack(server.url, mnist_checkpoints, tmp_path)
     try:
         stack.start_api()
-        ids = [stack.client.post("/mnist/sample", params={"digit": i, "n": 2, "steps": 3, "seed": i}).json()["id"]
-               for i in range(10)]
+        ids = [
+            stack.client.post("/mnist/sample", params={"digit": i, "n": 2, "steps": 3, "seed": i}).json()["id"]
+            for i in range(10)
+        ]
         server.stop()  # SIGTERM: Redis syncs its append-only file and exits
         assert stack.client.post("/mnist/sample", params={"digit": 1}).status_code == 503  # no Redis: 503, not 500
         server = RedisServer(appendonly=True, port=server.port, data_dir=server.dir).start()
@@ -58,8 +62,10 @@ def test_two_workers_share_the_queue_and_no_job_runs_twice(make_stack) -> None:
     stack = make_stack()
     stack.start_worker()
     stack.start_worker()
-    ids = [stack.client.post("/mnist/sample", params={"digit": i % 10, "n": 10, "steps": 30, "seed": i}).json()["id"]
-           for i in range(24)]
+    ids = [
+        stack.client.post("/mnist/sample", params={"digit": i % 10, "n": 10, "steps": 30, "seed": i}).json()["id"]
+        for i in range(24)
+    ]
     bodies = [stack.wait_terminal(job_id, 120) for job_id in ids]
     assert {b["status"] for b in bodies} == {"succeeded"}
     assert {b["attempts"] for b in bodies} == {1}

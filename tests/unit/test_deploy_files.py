@@ -4,9 +4,9 @@ check that they parse and agree with the settings class and the code."""
 from __future__ import annotations
 
 import re
-import tomllib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -23,8 +23,11 @@ def _compose() -> dict:
 
 
 def test_env_example_lists_exactly_the_settings() -> None:
-    keys = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
-            if line and not line.startswith("#")}
+    keys = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert keys == FIELDS
 
 
@@ -67,14 +70,20 @@ def _image_copies(target: str) -> set[str]:
 def _project_modules(code: str) -> set[str]:
     """Top-level folders of the project files that running ``code`` imports."""
     script = f"import sys; {code}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)))"
-    files = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    files = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
     tops = {Path(f).relative_to(ROOT).parts[0] for f in files if Path(f).is_relative_to(ROOT)}
     return {top for top in tops if (ROOT / top / "__init__.py").is_file()}
 
 
 def test_each_image_has_every_package_its_process_imports() -> None:
     assert _project_modules("import app.main") == {"app", "core"} <= _image_copies("api")
-    assert _project_modules("import workers.__main__, workers.jobs") == {"core", "models", "workers"} <= _image_copies("worker")
+    assert (
+        _project_modules("import workers.__main__, workers.jobs")
+        == {"core", "models", "workers"}
+        <= _image_copies("worker")
+    )
 
 
 def test_each_image_installs_its_extra() -> None:

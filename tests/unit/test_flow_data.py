@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from models.flow.data import (
-    MNIST_FILES, MNISTDataError, find_pairs, load_all, load_mnist_dir, md5sum, read_idx_images, read_idx_labels,
+    MNIST_FILES,
+    MNISTDataError,
+    find_pairs,
+    load_all,
+    load_mnist_dir,
+    md5sum,
+    read_idx_images,
+    read_idx_labels,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -33,12 +40,11 @@ def test_reads_shared_files() -> None:
     t10k, t5k = splits["t10k"], splits["train5k"]
     assert t10k.images.shape == (10000, 1, 28, 28) and t10k.labels.shape == (10000,)
     assert t5k.images.shape == (5000, 1, 28, 28)
-    assert t10k.images.dtype == torch.float32 and 0 <= t10k.images.min() and t10k.images.max() == 1
+    assert t10k.images.dtype == torch.float32 and t10k.images.min() >= 0 and t10k.images.max() == 1
     assert torch.equal(t5k.labels.bincount(), torch.full((10,), 500))
     assert torch.all(t5k.labels[:-1] <= t5k.labels[1:])  # the train5k file is sorted by class
     assert t10k.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test set
     assert md5sum(DATA / "t10k-labels-idx1-ubyte.gz") == MNIST_FILES["t10k-labels-idx1-ubyte.gz"]
-
 
 
 def test_roundtrip_and_pairs(tmp_path: Path) -> None:
@@ -75,7 +81,7 @@ def test_rejects_count_mismatch(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", torch.zeros(3, 1, 28, 28), torch.zeros(3, dtype=torch.long))
     lab = struct.pack(">II", 0x801, 2) + bytes(2)
     (tmp_path / "a-labels-idx1-ubyte.gz").write_bytes(gzip.compress(lab))
-    with pytest.raises(MNISTDataError, match="3 images but .* 2 labels"):
+    with pytest.raises(MNISTDataError, match=r"3 images but .* 2 labels"):
         load_mnist_dir(tmp_path)
 
 
@@ -87,7 +93,7 @@ def test_rejects_official_file_with_wrong_md5(tmp_path: Path) -> None:
     raw[100] = (raw[100] + 1) % 10
     (tmp_path / name).write_bytes(gzip.compress(bytes(raw)))
     shutil.copy(DATA / "t10k-images-idx3-ubyte.gz", tmp_path)
-    with pytest.raises(MNISTDataError, match="md5 .* does not match the published"):
+    with pytest.raises(MNISTDataError, match=r"md5 .* does not match the published"):
         load_mnist_dir(tmp_path)
 
 

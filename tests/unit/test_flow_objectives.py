@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from models.flow.objectives import (
-    add_noise, denoiser_loss, drop_labels, flow_matching_loss, interpolate, target_velocity,
+    add_noise,
+    denoiser_loss,
+    drop_labels,
+    flow_matching_loss,
+    interpolate,
+    target_velocity,
 )
 from models.flow.training import TrainConfig, build_seeded_model, train
 from models.flow.unet import UNetConfig
@@ -25,8 +30,10 @@ def test_path_endpoints(gen: torch.Generator) -> None:
     x0, x1 = torch.randn(2, 3, 4, 4, generator=gen), torch.rand(2, 3, 4, 4, generator=gen)
     assert torch.equal(interpolate(x0, x1, torch.zeros(2)), x0)
     assert torch.equal(interpolate(x0, x1, torch.ones(2)), x1)
-    torch.testing.assert_close(interpolate(x0, x1, torch.tensor([0.25, 0.5])),
-                               torch.stack([0.75 * x0[0] + 0.25 * x1[0], 0.5 * x0[1] + 0.5 * x1[1]]))
+    torch.testing.assert_close(
+        interpolate(x0, x1, torch.tensor([0.25, 0.5])),
+        torch.stack([0.75 * x0[0] + 0.25 * x1[0], 0.5 * x0[1] + 0.5 * x1[1]]),
+    )
     assert torch.equal(target_velocity(x0, x1), x1 - x0)
 
 
@@ -76,8 +83,9 @@ def _stroke_digits(n: int = 16, size: int = 28) -> torch.Tensor:
     """(n, 1, size, size) digit-like images in [0, 1]: seeded rings and bars 3 px wide on a 0 background (about
     8 % ink, MNIST has 13 %). Uniform noise is no stand-in: it has no structure to memorise in 40 steps."""
     g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     out = torch.zeros(n, 1, size, size)
     for i in range(n):
         cy, cx = size / 2 + 4 * (torch.rand(2, generator=g) - 0.5)
@@ -122,9 +130,11 @@ def test_training_loop_is_reproducible() -> None:
     r1 = train(cfg, images, labels)
     r2 = train(cfg, images, labels)
     assert r1.losses == r2.losses and len(r1.losses) == 4
-    assert all(torch.equal(a, b) for a, b in zip(r1.model.state_dict().values(), r2.model.state_dict().values()))
-    assert r1.train_config.gamma == pytest.approx(0.1 ** 0.5)
-    assert [e.lr for e in r1.epochs] == pytest.approx([1e-2, 1e-2 * 0.1 ** 0.5])
+    assert all(
+        torch.equal(a, b) for a, b in zip(r1.model.state_dict().values(), r2.model.state_dict().values(), strict=True)
+    )
+    assert r1.train_config.gamma == pytest.approx(0.1**0.5)
+    assert [e.lr for e in r1.epochs] == pytest.approx([1e-2, 1e-2 * 0.1**0.5])
     r3 = train(TrainConfig(objective="time", epochs=1, batch_size=16, num_hiddens=4, scheduler="none"), images, labels)
     assert r3.epochs[0].lr == pytest.approx(1e-3) and not r3.model.training
 

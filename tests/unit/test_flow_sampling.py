@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from models.flow.grid import make_grid
 from models.flow.sampling import (
-    SOLVERS, ClassifierFreeGuidance, euler, generate, heun, midpoint, nfe, time_grid,
+    SOLVERS,
+    ClassifierFreeGuidance,
+    euler,
+    generate,
+    heun,
+    midpoint,
+    nfe,
+    time_grid,
 )
 from models.flow.unet import FlowUNet, UNetConfig
 
@@ -132,8 +139,14 @@ def test_generate_is_seeded_and_bounded(class_model: FlowUNet, time_model: FlowU
 
 def test_generate_callback_and_cancellation(time_model: FlowUNet) -> None:
     seen: list[tuple[int, int]] = []
-    generate(time_model, n=1, digits=None, steps=5, generator=torch.Generator().manual_seed(0),
-             callback=lambda i, total, x: seen.append((i, total)))
+    generate(
+        time_model,
+        n=1,
+        digits=None,
+        steps=5,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda i, total, x: seen.append((i, total)),
+    )
     assert seen == [(i, 5) for i in range(1, 6)]
 
     class Cancelled(Exception):
@@ -154,7 +167,7 @@ def test_generate_validates(class_model: FlowUNet, time_model: FlowUNet) -> None
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="length"):
         generate(class_model, n=2, digits=[1], generator=g)
-    with pytest.raises(ValueError, match="0..9"):
+    with pytest.raises(ValueError, match=r"0\.\.9"):
         generate(class_model, n=1, digits=[10], generator=g)
     with pytest.raises(ValueError, match="not class-conditioned"):
         generate(time_model, n=1, digits=[1], generator=g)

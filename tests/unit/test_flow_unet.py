@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from models.flow.unet import (
-    Conv, ConvBlock, DownBlock, DownConv, FCBlock, Flatten, FlowUNet, UNetConfig, Unflatten, UpBlock, UpConv,
+    Conv,
+    ConvBlock,
+    DownBlock,
+    DownConv,
+    FCBlock,
+    Flatten,
+    FlowUNet,
+    UNetConfig,
+    Unflatten,
+    UpBlock,
+    UpConv,
 )
 
 

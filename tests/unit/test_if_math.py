@@ -21,8 +21,13 @@ from models.diffusion.schedule import (
 from models.diffusion.views import VIEWS, Identity, PatchPermute, Rotate, get_view
 
 # The real IF-I-XL rule: cosine schedule, dynamic thresholding at the 95th percentile, s <= 1.5.
-IF_SCHEDULE = DDPMSchedule(cosine_alphas_cumprod(1000), thresholding=True, dynamic_thresholding_ratio=0.95,
-                           sample_max_value=1.5, clip_sample=True)
+IF_SCHEDULE = DDPMSchedule(
+    cosine_alphas_cumprod(1000),
+    thresholding=True,
+    dynamic_thresholding_ratio=0.95,
+    sample_max_value=1.5,
+    clip_sample=True,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -169,8 +174,9 @@ def test_callback_exception_stops_the_loop() -> None:
         return NoisePrediction(torch.zeros_like(x))
 
     with pytest.raises(Cancelled):
-        iterative_denoise(image(0), strided_timesteps(IF_SCHEDULE, 100), model, i_start=0, callback=cancel,
-                          generator=gen())
+        iterative_denoise(
+            image(0), strided_timesteps(IF_SCHEDULE, 100), model, i_start=0, callback=cancel, generator=gen()
+        )
     assert len(calls) == 2
 
 
@@ -186,8 +192,7 @@ def test_inpainting_projection_keeps_known_pixels() -> None:
     def model(x: Tensor, t: int) -> NoisePrediction:
         return NoisePrediction(torch.sin(5 * x), torch.cos(x))
 
-    out = iterative_denoise(torch.randn(x0.shape, generator=gen(3)), ts, model, i_start=0, project=project,
-                            generator=g)
+    out = iterative_denoise(torch.randn(x0.shape, generator=gen(3)), ts, model, i_start=0, project=project, generator=g)
     keep = mask.expand_as(x0) == 0
     assert torch.equal(out[keep], x0[keep])
     assert not torch.allclose(out[~keep], x0[~keep])
@@ -229,7 +234,7 @@ def test_views_do_what_their_names_say() -> None:
 
 
 def test_view_errors() -> None:
-    with pytest.raises(ValueError, match="valid views: .*flip_vertical"):
+    with pytest.raises(ValueError, match=r"valid views: .*flip_vertical"):
         get_view("sideways")
     with pytest.raises(ValueError):
         Rotate(1).view(torch.zeros(1, 3, 4, 6))
@@ -287,7 +292,7 @@ def test_anagram_averages_inverse_viewed_estimates_in_one_call() -> None:
     out = Anagram(model, views, conds, uncond, 3.0)(x, 250)
     assert model.calls == [2 * 3 * 2]
     expected_eps, expected_v = [], []
-    for view, c in zip(views, conds):
+    for view, c in zip(views, conds, strict=True):
         one = ClassifierFree(model, c, uncond, 3.0)(view.view(x), 250)
         expected_eps.append(view.inverse_view(one.eps))
         expected_v.append(view.inverse_view_variance(one.v))

@@ -14,8 +14,6 @@ from models.diffusion import (
     ModelUnavailableError,
     Stage2Engine,
     anagram,
-    build_tiny_if,
-    build_tiny_if_stage2,
     center_crop_resize,
     denoise,
     get_view,
@@ -29,6 +27,7 @@ from models.diffusion import (
     upscale,
 )
 from models.diffusion.text import EmbeddingCache
+from models.diffusion.tiny import build_tiny_if
 
 FAST = 100  # stride: 10 steps (900, 800, ..., 0) keeps each op well under a second
 
@@ -74,9 +73,15 @@ class UNetCalls:
 def test_tiny_pipeline_has_the_real_layout_and_scheduler(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
     s1, s2 = tiny_if_dirs
     for d in (s1, s2):
-        for f in ("model_index.json", "unet/diffusion_pytorch_model.safetensors",
-                  "unet/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.safetensors",
-                  "text_encoder/model.fp16.safetensors", "tokenizer/spiece.model", "scheduler/scheduler_config.json"):
+        for f in (
+            "model_index.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors",
+            "tokenizer/spiece.model",
+            "scheduler/scheduler_config.json",
+        ):
             assert (d / f).is_file(), f
     assert (s2 / "image_noising_scheduler/scheduler_config.json").is_file()
     cfg = engine.unet.config
@@ -84,18 +89,29 @@ def test_tiny_pipeline_has_the_real_layout_and_scheduler(tiny_if_dirs: tuple[Pat
     assert "SimpleCrossAttnDownBlock2D" in cfg.down_block_types and cfg.encoder_hid_dim_type == "text_proj"
     sch = engine.scheduler.config
     assert (sch.beta_schedule, sch.variance_type, sch.thresholding, sch.sample_max_value) == (
-        "squaredcos_cap_v2", "learned_range", True, 1.5)
+        "squaredcos_cap_v2",
+        "learned_range",
+        True,
+        1.5,
+    )
     assert type(engine.text.text_encoder).__name__ == "T5EncoderModel"
     ids = engine.text.tokenizer(["a photo of a dog"], padding="max_length", max_length=77).input_ids[0]
     assert len(ids) == 77 and ids[-1] == 0 and 1 in ids  # padded with <pad> = 0 after </s> = 1
 
 
-def test_round_trip_through_diffusers_from_pretrained(tiny_if_dirs: tuple[Path, Path], engine: IFEngine,
-                                                      tmp_path: Path) -> None:
+def test_round_trip_through_diffusers_from_pretrained(
+    tiny_if_dirs: tuple[Path, Path], engine: IFEngine, tmp_path: Path
+) -> None:
     from diffusers import IFPipeline
 
-    pipe = IFPipeline.from_pretrained(tiny_if_dirs[0], safety_checker=None, watermarker=None,
-                                      feature_extractor=None, requires_safety_checker=False, local_files_only=True)
+    pipe = IFPipeline.from_pretrained(
+        tiny_if_dirs[0],
+        safety_checker=None,
+        watermarker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
     ours, theirs = engine.unet.state_dict(), pipe.unet.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     # the builder is deterministic in its seed, and the seed matters
@@ -123,8 +139,9 @@ def test_fp16_variant_loads(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -
     torch.testing.assert_close(offload.encode(["a skull"]), engine.encode(["a skull"]))
 
 
-def test_missing_or_unreachable_weights_explain_how_to_get_them(tmp_path: Path,
-                                                               tiny_if_dirs: tuple[Path, Path]) -> None:
+def test_missing_or_unreachable_weights_explain_how_to_get_them(
+    tmp_path: Path, tiny_if_dirs: tuple[Path, Path]
+) -> None:
     with pytest.raises(ModelUnavailableError, match="IF_STAGE1_MODEL") as err:
         load_stage1(tmp_path / "nowhere", device="cpu")
     assert "license" in str(err.value) and "huggingface-cli login" in str(err.value)
@@ -138,11 +155,13 @@ def test_missing_or_unreachable_weights_explain_how_to_get_them(tmp_path: Path,
     assert issubclass(ModelUnavailableError, RuntimeError)
 
 
-def test_gated_hub_errors_become_model_unavailable() -> None:
+def test_gated_hub_errors_become_model_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hub ids are never resolved in tests (huggingface_hub contacts the network even with local_files_only);
     the wrapping of the error diffusers raises for a gated repo is checked with a stand-in loader."""
+    from models.diffusion import engine as engine_module
     from models.diffusion.engine import _source
 
+    monkeypatch.setattr(engine_module, "hub_unreachable", lambda: None)  # as if online
     src = _source("DeepFloyd/IF-I-XL-v1.0", "stage-I", "IF_STAGE1_MODEL", local_files_only=False)
     assert not src.local_files_only
 
@@ -154,6 +173,34 @@ def test_gated_hub_errors_become_model_unavailable() -> None:
     text = str(err.value)
     assert "gated repo" in text and "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0" in text
     assert "IF_STAGE1_MODEL" in text and "local" in text
+
+
+def test_an_unreachable_hub_fails_at_once_or_uses_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from models.diffusion import engine as engine_module
+    from models.diffusion.engine import _source
+
+    monkeypatch.setattr(engine_module, "hub_unreachable", lambda: "ConnectError: no route")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    with pytest.raises(ModelUnavailableError, match="unreachable from this machine") as err:
+        _source("DeepFloyd/IF-I-XL-v1.0", "stage-I", "IF_STAGE1_MODEL", local_files_only=False)
+    assert "not in the local cache" in str(err.value) and "IF_STAGE1_MODEL" in str(err.value)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: "/cache/unet/config.json")
+    assert _source("DeepFloyd/IF-I-XL-v1.0", "stage-I", "IF_STAGE1_MODEL", local_files_only=False).local_files_only
+
+
+def test_hub_probe_reports_an_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from models.diffusion.engine import hub_unreachable
+    from tests.support import free_port
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert "ConnectError" in (hub_unreachable(timeout_s=2) or "")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
 def test_each_prompt_is_embedded_once_and_can_persist(engine: IFEngine, tmp_path: Path) -> None:
@@ -285,8 +332,9 @@ def test_hybrid_uses_three_branches_per_step(engine: IFEngine) -> None:
 def test_denoise_methods(engine: IFEngine, method: DenoiseMethod) -> None:
     img = photo()
     seen: list[tuple[int, int]] = []
-    result = denoise(engine, img, 500, method.value, generator=gen(), stride=FAST,
-                     callback=lambda s, n, x: seen.append((s, n)))
+    result = denoise(
+        engine, img, 500, method.value, generator=gen(), stride=FAST, callback=lambda s, n, x: seen.append((s, n))
+    )
     assert result.noisy.shape == result.denoised.shape == (1, 3, 32, 32)
     assert seen[-1][0] == seen[-1][1] == (6 if method is DenoiseMethod.ITERATIVE else 1)  # 500, 400, ..., 0
     again = denoise(engine, img, 500, method, generator=gen(), stride=FAST)
@@ -329,30 +377,56 @@ def test_stage2_loads_its_own_text_encoder(tiny_if_dirs: tuple[Path, Path], engi
 def test_sample_equals_diffusers_if_pipeline(tiny_if_dirs: tuple[Path, Path], engine: IFEngine) -> None:
     from diffusers import IFPipeline
 
-    pipe = IFPipeline.from_pretrained(tiny_if_dirs[0], safety_checker=None, watermarker=None, feature_extractor=None,
-                                      requires_safety_checker=False, local_files_only=True)
+    pipe = IFPipeline.from_pretrained(
+        tiny_if_dirs[0],
+        safety_checker=None,
+        watermarker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe("A photo of a dog", timesteps=list(range(900, -1, -FAST)), guidance_scale=7.0, generator=gen(4),
-               output_type="pt", clean_caption=False).images
+    ref = pipe(
+        "A photo of a dog",
+        timesteps=list(range(900, -1, -FAST)),
+        guidance_scale=7.0,
+        generator=gen(4),
+        output_type="pt",
+        clean_caption=False,
+    ).images
     ours = sample(engine, "A photo of a dog", generator=gen(4), stride=FAST)
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
 
 
-def test_upscale_equals_diffusers_super_resolution_pipeline(tiny_if_dirs: tuple[Path, Path],
-                                                            stage2: Stage2Engine) -> None:
+def test_upscale_equals_diffusers_super_resolution_pipeline(
+    tiny_if_dirs: tuple[Path, Path], stage2: Stage2Engine
+) -> None:
     from diffusers import IFSuperResolutionPipeline
 
-    pipe = IFSuperResolutionPipeline.from_pretrained(tiny_if_dirs[1], safety_checker=None, watermarker=None,
-                                                     feature_extractor=None, requires_safety_checker=False,
-                                                     local_files_only=True)
+    pipe = IFSuperResolutionPipeline.from_pretrained(
+        tiny_if_dirs[1],
+        safety_checker=None,
+        watermarker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
     pipe.set_progress_bar_config(disable=True)
     small = photo()
-    ref = pipe(image=small, prompt="a rocket", num_inference_steps=5, guidance_scale=4.0, noise_level=250,
-               generator=gen(2), output_type="pt", clean_caption=False).images
+    ref = pipe(
+        image=small,
+        prompt="a rocket",
+        num_inference_steps=5,
+        guidance_scale=4.0,
+        noise_level=250,
+        generator=gen(2),
+        output_type="pt",
+        clean_caption=False,
+    ).images
     ours = upscale(stage2, small, "a rocket", generator=gen(2), steps=5)
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=0)
 
 
 def test_operations_refuse_the_global_rng(engine: IFEngine) -> None:
-    with pytest.raises(TypeError, match="seeded torch.Generator"):
+    with pytest.raises(TypeError, match=r"seeded torch\.Generator"):
         sample(engine, "a dog", generator=None, stride=FAST)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import torch
 
 from tests.support import load_script
 
+
 def load_bench():
     return load_script("bench/bench_if.py")
 
@@ -18,8 +19,23 @@ def test_bench_tiny_reports_time_per_step(tmp_path: Path, capsys: pytest.Capture
     bench = load_bench()
     n = torch.get_num_threads()
     try:
-        rows = bench.main(["--tiny", "--device", "cpu", "--threads", "1", "--stride", "330",
-                           "--ops", "sample", "anagram (4", "upscale", "--json", str(tmp_path / "b.json")])
+        rows = bench.main(
+            [
+                "--tiny",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--stride",
+                "330",
+                "--ops",
+                "sample",
+                "anagram (4",
+                "upscale",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
     finally:
         torch.set_num_threads(n)
     by_op = {r["op"]: r for r in rows}

@@ -28,7 +28,7 @@ def test_in_place_init_is_seeded_and_scaled_by_fan_in() -> None:
     a = build_random_unet(TINY_STAGE1_UNET, "cpu", torch.float32, seed=0)
     b = build_random_unet(TINY_STAGE1_UNET, "cpu", torch.float32, seed=0)
     c = build_random_unet(TINY_STAGE1_UNET, "cpu", torch.float32, seed=1)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.conv_in.weight, c.conv_in.weight)
     w = a.conv_in.weight
     assert abs(float(w.std()) - 1 / (w[0].numel() ** 0.5)) < 0.05
@@ -55,8 +55,7 @@ def test_random_prompts_are_seeded_per_prompt() -> None:
 
 
 def test_config_lookup_prefers_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / STAGE1_UNET_CONFIG).write_text(json.dumps({"_class_name": "UNet2DConditionModel",
-                                                           "sample_size": 64}))
+    (tmp_path / STAGE1_UNET_CONFIG).write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 64}))
     monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
     assert find_config_dir() == tmp_path
     assert load_unet_config(STAGE1_UNET_CONFIG) == {"sample_size": 64}
@@ -77,5 +76,6 @@ def test_real_architectures_match_the_adapters_on_the_meta_device() -> None:
         unet2 = UNet2DConditionModel(**load_unet_config(STAGE2_UNET_CONFIG, CONFIGS)).half()
         assert sum(p.numel() for p in unet2.parameters()) == 1_243_277_190
         out2 = IFSuperResAdapter(unet2, torch.empty(1, 3, 256, 256), 250)(
-            torch.empty(2, 3, 256, 256), 500, torch.empty(2, 77, 4096))
+            torch.empty(2, 3, 256, 256), 500, torch.empty(2, 77, 4096)
+        )
         assert out2.eps.shape == out2.v.shape == (2, 3, 256, 256)

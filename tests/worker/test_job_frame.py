@@ -1,0 +1,126 @@
+"""The worker in-process (RQ burst mode) against the test Redis: the job frame, cancellation, failures
+and the manifest, without HTTP."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from app import jobs as api_jobs
+from core import storage
+from core.operations import OPERATIONS
+from core.protocol import cancel_key
+from core.settings import Settings
+from workers import registry as model_registry
+from workers.worker import ResidentWorker
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def settings(redis_server, mnist_checkpoints: dict[str, str], tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        queue_name=f"frame-{uuid.uuid4().hex[:8]}",
+        results_dir=tmp_path,
+        mnist_time_checkpoint=mnist_checkpoints["MNIST_TIME_CHECKPOINT"],
+        mnist_class_checkpoint=mnist_checkpoints["MNIST_CLASS_CHECKPOINT"],
+        if_enabled="false",
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def queue(settings: Settings) -> Iterator[Queue]:
+    model_registry.install(model_registry.build_registry(settings), settings)
+    redis = Redis.from_url(settings.redis_url)
+    yield Queue(settings.queue_name, connection=redis)
+    redis.close()
+
+
+def _submit(queue: Queue, settings: Settings, **params: object) -> Job:
+    op = OPERATIONS["mnist_sample"]
+    job, _ = api_jobs.submit(queue.connection, queue, settings, op, op.params.bounded(settings)(**params))
+    return job
+
+
+def _work(queue: Queue, settings: Settings) -> None:
+    worker = ResidentWorker(
+        [queue],
+        connection=queue.connection,
+        heartbeat_s=1,
+        dead_after_s=3,
+        name=f"inproc-{uuid.uuid4().hex[:6]}",
+        default_result_ttl=settings.result_ttl_s,
+    )
+    worker.work(burst=True, with_scheduler=False)
+
+
+def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) -> None:
+    job = _submit(queue, settings, digit=4, n=3, steps=2, seed=11)
+    _work(queue, settings)
+    job.refresh()
+    result = job.return_value()
+    assert result["status"] == "succeeded" and result["main"] == "samples.png"
+    assert result["files"] == ["samples.png", "manifest.json"]
+    folder = storage.job_dir(settings.results_dir, job.id)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["request"] == {"seed": 11, "digit": 4, "n": 3, "steps": 2, "guidance": 5.0, "sampler": "euler"}
+    assert manifest["kind"] == "mnist_sample" and manifest["seed"] == 11 and manifest["attempt"] == 1
+    assert manifest["model"]["name"] == "mnist_class" and manifest["timings"]["model_s"] > 0
+    assert manifest["files"]["samples.png"]["shape"] == [1, 28, 84]
+    with Image.open(folder / "samples.png") as png:
+        assert png.size == (84, 28)
+    assert job.meta["progress"] == {"step": 2, "total": 2}
+    # the start time a client sees is recorded once per attempt and stays put
+    body = api_jobs.view(job, queue.connection, queue)
+    assert body.started_at is not None and body.started_at.isoformat() == job.meta["started_at"]
+    assert body.finished_at is not None and body.finished_at >= body.started_at
+
+
+def test_a_cancel_flag_stops_the_job_at_its_first_step(queue: Queue, settings: Settings) -> None:
+    job = _submit(queue, settings, digit=1, n=2, steps=50, seed=1)
+    queue.connection.set(cancel_key(job.id), "1")  # as the API does for a running job
+    _work(queue, settings)
+    job.refresh()
+    assert job.return_value() == {"status": "canceled", "files": [], "main": None}
+    assert api_jobs.state_of(job).value == "canceled"
+    assert not (storage.job_dir(settings.results_dir, job.id) / "manifest.json").exists()
+
+
+def test_a_job_canceled_while_queued_has_a_finish_time(queue: Queue, settings: Settings) -> None:
+    job = _submit(queue, settings, digit=1, seed=1)
+    api_jobs.cancel(queue.connection, job, settings)
+    body = api_jobs.view(Job.fetch(job.id, connection=queue.connection), queue.connection, queue)
+    assert body.status.value == "canceled" and body.started_at is None and body.finished_at is not None
+
+
+def test_parameters_are_validated_again_by_the_job(queue: Queue, settings: Settings) -> None:
+    job = queue.enqueue_call(
+        func=OPERATIONS["mnist_sample"].job,
+        kwargs={"params": {"n": 0, "seed": 1}},
+        job_id=uuid.uuid4().hex,
+        meta={"kind": "mnist_sample"},
+    )
+    _work(queue, settings)
+    job.refresh()
+    assert job.get_status() == "failed"
+    assert job.meta["error"].startswith("invalid request: n: Input should be greater than or equal to 1")
+
+
+def test_an_error_inside_the_frame_fails_the_job_once_with_its_message(queue: Queue, settings: Settings) -> None:
+    job = queue.enqueue_call(
+        func="tests.fault_jobs.bug", kwargs={"params": {"seed": 1}}, meta={"kind": "bug"}, job_id=uuid.uuid4().hex
+    )
+    _work(queue, settings)
+    job.refresh()
+    assert job.get_status() == "failed" and job.meta["error"] == "RuntimeError: something broke"
+    assert job.meta["attempts"] == 1 and job.retries_left == 0
