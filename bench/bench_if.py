@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         t = time.perf_counter()
-        out = run(torch.Generator().manual_seed(args.seed), args.stride, lambda s, n, x, steps=steps: steps.append(s))
+        out = run(torch.Generator().manual_seed(args.seed), args.stride, lambda s, n, *_, steps=steps: steps.append(s))
         sync(device)
         wall = time.perf_counter() - t
         n = max(len(steps), 1)

@@ -38,8 +38,10 @@ class NoisePredictor(Protocol):
 Projection = Callable[[Tensor, int], Tensor]
 """``project(x_{t_prev}, t_prev) -> x_{t_prev}``, applied after every step (t_prev = -1 after the last one)."""
 
-Callback = Callable[[int, int, Tensor], None]
-"""``callback(step, total, x_t)`` after every step, step = 1..total; an exception it raises stops the loop."""
+Callback = Callable[[int, int, Tensor, Tensor], None]
+"""``callback(step, total, x_t, x0_hat)`` after every step, step = 1..total: the sample after the step and the
+step's estimate of the clean image (B, C, H, W) in about [-1, 1] (for previews); an exception it raises stops
+the loop."""
 
 
 def iterative_denoise(
@@ -64,7 +66,7 @@ def iterative_denoise(
         predict_noise: ``(x_t, t) -> NoisePrediction``.
         i_start: index of ``x_t``'s timestep in ``timesteps``, in [0, len(timesteps)).
         project: hook applied to the sample after each step (inpainting).
-        callback: ``callback(step, total, x_t)`` after each step; exceptions propagate (cancellation).
+        callback: ``callback(step, total, x_t, x0_hat)`` after each step; exceptions propagate (cancellation).
         generator: source of the per-step noise.
 
     Returns:
@@ -79,9 +81,9 @@ def iterative_denoise(
         t, t_prev = timesteps[i], timesteps.prev(i)
         eps, v = predict_noise(x, t)
         noise = randn(x, generator) if t_prev >= 0 else None
-        x, _ = schedule.step(x, eps, t, t_prev, v=v, noise=noise)
+        x, x0_hat = schedule.step(x, eps, t, t_prev, v=v, noise=noise)
         if project is not None:
             x = project(x, t_prev)
         if callback is not None:
-            callback(step, total, x)
+            callback(step, total, x, x0_hat)
     return x

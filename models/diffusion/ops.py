@@ -6,7 +6,7 @@ Conventions for every operation:
   model's ``image_size`` are center-cropped and resized (``center_crop_resize``); outputs are float32 on
   ``engine.device``, (B, 3, S, S) with S = ``engine.image_size``, clamped to [-1, 1];
 - ``generator`` (required) is the only source of randomness: the same seed gives the same output;
-- ``callback(step, total, x_t)`` runs after every denoising step (step = 1..total); if it raises, the
+- ``callback(step, total, x_t, x0_hat)`` runs after every denoising step (step = 1..total); if it raises, the
   exception propagates (cancellation);
 - one UNet forward pass per step: every branch (conditional and unconditional, every view and prompt) is
   stacked along the batch by the guidance strategy (``models.diffusion.guidance``);
@@ -327,7 +327,7 @@ def denoise(
     """Noise ``image`` to timestep ``t`` with the forward process, then denoise it with ``method``.
 
     ``iterative`` runs the loop over ``t`` followed by the strided timesteps below ``t``; ``one_step`` and
-    ``blur`` are a single step (callback(1, 1, x0_hat)).
+    ``blur`` are a single step (callback(1, 1, x0_hat, x0_hat)).
     """
     _seeded(generator)
     try:
@@ -351,7 +351,7 @@ def denoise(
             x_t, ts, _cfg(engine, prompt, guidance), i_start=0, callback=callback, generator=generator
         )
     if method is not DenoiseMethod.ITERATIVE and callback is not None:
-        callback(1, 1, x0_hat)
+        callback(1, 1, x0_hat, x0_hat)
     return DenoiseResult(noisy=_out(x_t), denoised=_out(x0_hat))
 
 

@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 #: ``velocity(x_t, t) -> v``: x_t (B, C, H, W), t (B,) in [0, 1].
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``callback(step, total, x_t)`` after each solver step, step = 1..total.
-StepCallback = Callable[[int, int, torch.Tensor], None]
+#: ``callback(step, total, x_t, preview)`` after each solver step, step = 1..total; ``preview`` is the
+#: current sample clamped to the data range [0, 1] (for previews).
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 class Solver(Protocol):
@@ -67,7 +68,7 @@ def _integrate(
     for i in range(total):
         x = step(velocity, x, ts, i, (ts[i + 1] - ts[i]).to(x.dtype))
         if callback is not None:
-            callback(i + 1, total, x)
+            callback(i + 1, total, x, x.clamp(0.0, 1.0))
     return x
 
 

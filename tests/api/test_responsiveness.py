@@ -17,8 +17,14 @@ from tests.support import Stack
 def _big_webp(side: int = 6300) -> bytes:
     """A legal 39.7-megapixel WebP (smooth, so it is small; decoding it takes about half a second here)."""
     ramp = np.linspace(0, 255, side, dtype=np.float32)
-    rgb = np.stack([np.broadcast_to(ramp, (side, side)), np.broadcast_to(ramp[:, None], (side, side)),
-                    np.full((side, side), 128, np.float32)], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [
+            np.broadcast_to(ramp, (side, side)),
+            np.broadcast_to(ramp[:, None], (side, side)),
+            np.full((side, side), 128, np.float32),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="WEBP", quality=80, method=0)
     return buf.getvalue()

@@ -231,7 +231,7 @@ def test_each_prompt_is_embedded_once_and_can_persist(engine: IFEngine, tmp_path
 def test_sample_is_seeded_uses_one_batched_call_per_step(engine: IFEngine) -> None:
     steps: list[tuple[int, int]] = []
     with UNetCalls(engine.unet) as calls:
-        a = sample(engine, "a photo of a dog", generator=gen(0), callback=lambda s, n, x: steps.append((s, n)))
+        a = sample(engine, "a photo of a dog", generator=gen(0), callback=lambda s, n, *_: steps.append((s, n)))
     assert calls.batches == [2] * 34  # default stride 30: 990..0, conditional + unconditional
     assert steps == [(i, 34) for i in range(1, 35)]
     b = sample(engine, "a photo of a dog", generator=gen(0))
@@ -245,7 +245,7 @@ def test_callback_exception_cancels_an_operation(engine: IFEngine) -> None:
     class Cancelled(Exception):
         pass
 
-    def cancel(step: int, total: int, x: Tensor) -> None:
+    def cancel(step: int, total: int, *_: Tensor) -> None:
         if step == 3:
             raise Cancelled
 
@@ -333,7 +333,7 @@ def test_denoise_methods(engine: IFEngine, method: DenoiseMethod) -> None:
     img = photo()
     seen: list[tuple[int, int]] = []
     result = denoise(
-        engine, img, 500, method.value, generator=gen(), stride=FAST, callback=lambda s, n, x: seen.append((s, n))
+        engine, img, 500, method.value, generator=gen(), stride=FAST, callback=lambda s, n, *_: seen.append((s, n))
     )
     assert result.noisy.shape == result.denoised.shape == (1, 3, 32, 32)
     assert seen[-1][0] == seen[-1][1] == (6 if method is DenoiseMethod.ITERATIVE else 1)  # 500, 400, ..., 0

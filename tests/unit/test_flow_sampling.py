@@ -145,14 +145,14 @@ def test_generate_callback_and_cancellation(time_model: FlowUNet) -> None:
         digits=None,
         steps=5,
         generator=torch.Generator().manual_seed(0),
-        callback=lambda i, total, x: seen.append((i, total)),
+        callback=lambda i, total, *_: seen.append((i, total)),
     )
     assert seen == [(i, 5) for i in range(1, 6)]
 
     class Cancelled(Exception):
         pass
 
-    def cancel(i: int, total: int, x: torch.Tensor) -> None:
+    def cancel(i: int, total: int, *_: torch.Tensor) -> None:
         if i == 2:
             raise Cancelled
 

@@ -152,7 +152,7 @@ def test_loop_is_deterministic_for_a_seed_and_calls_back_every_step() -> None:
     def model(x: Tensor, t: int) -> NoisePrediction:
         return NoisePrediction(torch.tanh(x), None)
 
-    a = iterative_denoise(x0, ts, model, i_start=3, generator=gen(7), callback=lambda s, n, x: seen.append((s, n)))
+    a = iterative_denoise(x0, ts, model, i_start=3, generator=gen(7), callback=lambda s, n, *_: seen.append((s, n)))
     b = iterative_denoise(x0, ts, model, i_start=3, generator=gen(7))
     c = iterative_denoise(x0, ts, model, i_start=3, generator=gen(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -165,7 +165,7 @@ def test_callback_exception_stops_the_loop() -> None:
 
     calls = []
 
-    def cancel(step: int, total: int, x: Tensor) -> None:
+    def cancel(step: int, total: int, *_: Tensor) -> None:
         if step == 2:
             raise Cancelled
 
