@@ -23,7 +23,14 @@ from app.problems import Problem
 from app.schemas import JobBody, OperationState, Progress
 from core import storage
 from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
-from core.protocol import JobState, cancel_key, capabilities_key, idempotency_key, tombstone_key
+from core.protocol import (
+    JobState,
+    cancel_channel,
+    cancel_key,
+    capabilities_key,
+    idempotency_key,
+    tombstone_key,
+)
 from core.settings import Settings
 
 _RQ_TO_STATE = {
@@ -267,6 +274,7 @@ def cancel(redis: Redis, job: Job, settings: Settings) -> None:
     if state.terminal:
         raise Problem(409, "job-finished", f"job {job.id} is already {state.value}")
     redis.set(cancel_key(job.id), "1", ex=settings.result_ttl_s)
+    redis.publish(cancel_channel(), job.id)
     if state is JobState.queued:
         try:
             job.cancel()

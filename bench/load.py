@@ -1,26 +1,66 @@
-"""Load test: N concurrent clients for a fixed time against /mnist/sample.
+"""Load test: N concurrent clients for a fixed time against /mnist/sample (or a tiny-IF mix).
 
 Each client loops: submit, poll until the job is terminal, download the PNG. After the time is up no
 new job is submitted and the outstanding ones are awaited (bounded). Reports throughput, p50/p99
 end-to-end latency, errors, and lost jobs (accepted but never seen terminal), which must be zero.
 Only loopback addresses are targeted; the run stops by itself.
 
-    .venv/bin/python bench/load.py --clients 8 --seconds 60            # a fresh local stack
-    .venv/bin/python bench/load.py --url http://127.0.0.1:8000 ...     # a running service (loopback)
+    .venv/bin/python bench/load.py --clients 8 --seconds 60                  # a fresh local stack
+    .venv/bin/python bench/load.py --clients 16 --n 1 --steps 5 --batching off,on   # one table, both modes
+    .venv/bin/python bench/load.py --mix if --batching off,on                 # tiny-IF operations (and MNIST)
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000 ...           # a running service (loopback)
+
+With ``--batching off,on`` each mode gets a fresh stack (BATCHING=off: one job at a time; on: up to
+MAX_INFLIGHT_JOBS jobs share each network forward) and the table has one row per mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
-from harness import local_service, percentile, table
+from harness import ROOT, local_service, percentile
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+PHOTO = (ROOT / "postman" / "photo.png").read_bytes()
+MASK = (ROOT / "postman" / "mask.png").read_bytes()
+
+#: One request: (path, query params, form fields, files). ``seed`` is added per request.
+Submit = tuple[str, dict[str, Any], dict[str, Any], dict[str, tuple[str, bytes, str]]]
+
+
+def mnist_requests(n: int, steps: int, digit: int) -> Callable[[int], Submit]:
+    return lambda i: ("/mnist/sample", {"digit": digit, "n": n, "steps": steps}, {}, {})
+
+
+def if_mix(n: int, steps: int, digit: int) -> Callable[[int], Submit]:
+    """Every tiny-IF operation in turn (sample, SDEdit at two noise levels, inpaint, 2- and 4-view anagrams,
+    hybrid, one-step and iterative denoise) and an MNIST request between them."""
+    photo = {"image": ("photo.png", PHOTO, "image/png")}
+    mix: list[Submit] = [
+        ("/sample", {}, {"prompt": "a red ball"}, {}),
+        ("/sdedit", {}, {"prompt": "a drawing", "i_start": 10}, photo),
+        ("/mnist/sample", {"digit": digit, "n": n, "steps": steps}, {}, {}),
+        ("/inpaint", {}, {"prompt": "a balloon"}, photo | {"mask": ("mask.png", MASK, "image/png")}),
+        ("/anagram", {}, {"prompts": ["a campfire", "an old man"]}, {}),
+        ("/sdedit", {}, {"prompt": "a photo", "i_start": 25}, photo),
+        ("/anagram", {}, {"prompts": ["a", "b", "c", "d"], "views": ["identity", "rot90", "rot180", "rot270"]}, {}),
+        ("/hybrid", {}, {"prompt_low": "a skull", "prompt_high": "waterfalls"}, {}),
+        ("/denoise", {}, {"t": 500, "method": "one_step"}, photo),
+        ("/denoise", {}, {"t": 690, "method": "iterative"}, photo),
+    ]
+    return lambda i: mix[i % len(mix)]
 
 
 @dataclass
@@ -32,14 +72,27 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def client_loop(base_url: str, stop_at: float, drain_until: float, params: dict, tally: Tally, seed0: int) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as http:
-        i = 0
-        while time.monotonic() < stop_at:
+def client_loop(
+    base_url: str,
+    stop_at: float,
+    drain_until: float,
+    make: Callable[[int], Submit],
+    tally: Tally,
+    seed0: int,
+    offset: int,
+) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        for i in itertools.count(offset):
+            if time.monotonic() >= stop_at:
+                break
             t0 = time.monotonic()
-            i += 1
+            path, params, data, files = make(i)
+            seed = seed0 + i
             try:
-                r = http.post("/mnist/sample", params=params | {"seed": seed0 + i})
+                if files or data:
+                    r = http.post(path, params=params, data=data | {"seed": seed}, files=files or None)
+                else:
+                    r = http.post(path, params=params | {"seed": seed})
                 if r.status_code != 202:
                     with tally.lock:
                         tally.errors.append(f"submit {r.status_code}")
@@ -66,7 +119,7 @@ def client_loop(base_url: str, stop_at: float, drain_until: float, params: dict,
                     tally.errors.append(type(exc).__name__)
 
 
-def run(base_url: str, clients: int, seconds: float, params: dict, drain_s: float) -> list[tuple[str, str]]:
+def run(base_url: str, clients: int, seconds: float, make: Callable[[int], Submit], drain_s: float) -> dict[str, str]:
     host = urlparse(base_url).hostname or ""
     if not (host == "localhost" or host.startswith("127.") or host == "::1"):
         raise SystemExit("load tests target loopback addresses only")
@@ -74,7 +127,7 @@ def run(base_url: str, clients: int, seconds: float, params: dict, drain_s: floa
     start = time.monotonic()
     stop_at, drain_until = start + seconds, start + seconds + drain_s
     threads = [
-        threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, params, tally, 1000 * k))
+        threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, make, tally, 1000 * k, k))
         for k in range(clients)
     ]
     for t in threads:
@@ -84,18 +137,27 @@ def run(base_url: str, clients: int, seconds: float, params: dict, drain_s: floa
     elapsed = time.monotonic() - start
     lat = sorted(tally.latencies)
     lost = len(tally.accepted - set(tally.finished))
-    return [
-        ("clients", str(clients)),
-        ("duration (s)", f"{seconds:.0f} (+ drain, {elapsed:.1f} in all)"),
-        ("request", " ".join(f"{k}={v}" for k, v in params.items())),
-        ("jobs accepted", str(len(tally.accepted))),
-        ("jobs succeeded", str(sum(1 for s in tally.finished.values() if s == "succeeded"))),
-        ("throughput (jobs/s, over the whole run incl. drain)", f"{len(lat) / elapsed:.2f}"),
-        ("latency p50 (s)", f"{percentile(lat, 50):.3f}"),
-        ("latency p99 (s)", f"{percentile(lat, 99):.3f}"),
-        ("errors", str(len(tally.errors)) + (f" ({', '.join(sorted(set(tally.errors)))})" if tally.errors else "")),
-        ("lost jobs", str(lost)),
-    ]
+    return {
+        "jobs": str(len(tally.accepted)),
+        "succeeded": str(sum(1 for s in tally.finished.values() if s == "succeeded")),
+        "jobs/s": f"{len(lat) / elapsed:.2f}",
+        "p50 (s)": f"{percentile(lat, 50):.3f}",
+        "p99 (s)": f"{percentile(lat, 99):.3f}",
+        "errors": str(len(tally.errors)) + (f" ({', '.join(sorted(set(tally.errors)))})" if tally.errors else ""),
+        "lost": str(lost),
+        "wall (s)": f"{elapsed:.1f}",
+    }
+
+
+def tiny_if(folder: Path) -> dict[str, str]:
+    """Build the tiny IF pipelines (the project's builder) and return the worker settings that load them."""
+    subprocess.run(
+        [sys.executable, "-m", "models.diffusion.tiny", str(folder / "s1"), "--stage2", str(folder / "s2")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return {"IF_ENABLED": "true", "IF_STAGE1_MODEL": str(folder / "s1"), "IF_STAGE2_MODEL": str(folder / "s2")}
 
 
 def main() -> None:
@@ -105,21 +167,41 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=1, help="workers of the local stack")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker of the local stack")
+    parser.add_argument("--batching", default="on", help="on, off, or off,on (one row each, fresh stacks)")
+    parser.add_argument("--mix", choices=["mnist", "if"], default="mnist", help="if: every tiny-IF operation + MNIST")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--digit", type=int, default=7)
     parser.add_argument("--drain", type=float, default=120, help="seconds to await outstanding jobs")
     args = parser.parse_args()
-    params = {"digit": args.digit, "n": args.n, "steps": args.steps}
+    make = (if_mix if args.mix == "if" else mnist_requests)(args.n, args.steps, args.digit)
+    rows: list[dict[str, str]] = []
     if args.url:
-        rows = run(args.url, args.clients, args.seconds, params, args.drain)
+        rows.append({"service": args.url} | run(args.url, args.clients, args.seconds, make, args.drain))
     else:
-        with local_service(workers=args.workers, OMP_NUM_THREADS=str(args.threads)) as stack:
-            rows = run(str(stack.client.base_url), args.clients, args.seconds, params, args.drain)
-        rows.insert(0, ("workers x torch threads", f"{args.workers} x {args.threads}"))
-    print(table(rows))
-    lost = int(dict(rows)["lost jobs"])
-    raise SystemExit(1 if lost else 0)
+        env = {"OMP_NUM_THREADS": str(args.threads)}
+        if args.mix == "if":
+            env |= tiny_if(Path(tempfile.mkdtemp(prefix="load-tiny-if-")))
+        for mode in args.batching.split(","):
+            with local_service(workers=args.workers, BATCHING=mode, **env) as stack:
+                result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain)
+            rows.append({"batching": mode, "workers x threads": f"{args.workers} x {args.threads}"} | result)
+    request = f"mix={args.mix} n={args.n} steps={args.steps}" + (
+        " digit=" + str(args.digit) if args.mix == "mnist" else ""
+    )
+    print(f"{args.clients} clients for {args.seconds:.0f} s, {request}")
+    print(table_rows(rows))
+    if len(rows) == 2 and "batching" in rows[0]:
+        speedup = float(rows[1]["jobs/s"]) / max(float(rows[0]["jobs/s"]), 1e-9)
+        print(f"jobs/s {rows[1]['batching']} / {rows[0]['batching']}: {speedup:.2f}x")
+    raise SystemExit(1 if any(int(r["lost"]) for r in rows) else 0)
+
+
+def table_rows(rows: list[dict[str, str]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
+    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

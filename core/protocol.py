@@ -34,6 +34,12 @@ def cancel_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:cancel:{job_id}"
 
 
+def cancel_channel() -> str:
+    """Pub/sub channel on which the API announces each cancel (the job id), next to setting its cancel key, so
+    that workers learn it without checking Redis at every sampling step."""
+    return f"{KEY_PREFIX}:cancels"
+
+
 def tombstone_key(job_id: str) -> str:
     """Outlives the RQ job hash so that an expired id answers 410, an unknown one 404."""
     return f"{KEY_PREFIX}:known:{job_id}"

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,19 +23,6 @@ class Settings(BaseSettings):
     """All tunables of the API and the worker."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
-
-    @field_validator("if_enabled", mode="before")
-    @classmethod
-    def _if_enabled_words(cls, value: object) -> object:
-        """Accept the usual spellings of a boolean (1/0, yes/no, on/off, True/False) besides 'auto'."""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            word = value.strip().lower()
-            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
-                word, word
-            )
-        return value
 
     # --- infrastructure -------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
@@ -53,6 +40,13 @@ class Settings(BaseSettings):
     worker_heartbeat_s: int = Field(5, ge=1, description="worker liveness heartbeat while a job runs")
     worker_dead_after_s: int = Field(30, ge=3, description="a running job without heartbeat for this long is abandoned")
     worker_maintenance_s: int = Field(15, ge=1, description="how often workers look for abandoned jobs")
+
+    # --- batching (one worker, many jobs) -------------------------------------------------------
+    batching: Literal["on", "off"] = Field(
+        "on", description="on: a worker runs several jobs at once and batches their network calls; off: one at a time"
+    )
+    max_inflight_jobs: int = Field(16, ge=1, description="jobs one worker runs at once when BATCHING=on")
+    max_batch_rows: int = Field(256, ge=1, description="the most rows of one network forward, all jobs together")
 
     # --- security -------------------------------------------------------------------------
     api_key: str | None = Field(None, description="if set, every request except health checks needs X-API-Key")
@@ -79,6 +73,22 @@ class Settings(BaseSettings):
     if_embedding_cache_dir: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("if_enabled", "batching", mode="before")
+    @classmethod
+    def _switch_words(cls, value: object, info: ValidationInfo) -> object:
+        """Accept the usual spellings of a boolean (1/0, yes/no, on/off, true/false) for these switches."""
+        yes, no = ("on", "off") if info.field_name == "batching" else ("true", "false")
+        if isinstance(value, bool):
+            return yes if value else no
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in ("1", "yes", "on", "true"):
+                return yes
+            if word in ("0", "no", "off", "false"):
+                return no
+            return word
+        return value
 
 
 @lru_cache

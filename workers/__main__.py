@@ -24,6 +24,8 @@ from core.protocol import capabilities_key
 from core.settings import get_settings
 from core.storage import sweep_expired
 from workers import registry as model_registry
+from workers.batcher import Batcher
+from workers.cancellation import CancelWatch
 from workers.worker import ResidentWorker
 
 log = logging.getLogger("workers")
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     settings.results_dir.mkdir(parents=True, exist_ok=True)
 
     registry = model_registry.build_registry(settings)
-    model_registry.install(registry, settings)
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
 
     redis = Redis.from_url(settings.redis_url)
+    batcher = Batcher(max_rows=settings.max_batch_rows).start() if settings.batching == "on" else None
+    cancels = CancelWatch(redis)
+    model_registry.install(registry, settings, batcher.run if batcher is not None else None, cancels)
     queue = Queue(settings.queue_name, connection=redis)
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
     worker = ResidentWorker(
@@ -65,12 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         dead_after_s=settings.worker_dead_after_s,
         maintenance_interval=settings.worker_maintenance_s,
         default_result_ttl=settings.result_ttl_s,
+        max_inflight=settings.max_inflight_jobs if batcher is not None else 1,
     )
     stop = threading.Event()
     try:
+        cancels.start()
         redis.hset(capabilities_key(), name, json.dumps(registry.describe()))
         threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, stop), daemon=True).start()
-        log.info("worker %s ready on queue %r with %s", name, settings.queue_name, registry.operations())
+        log.info(
+            "worker %s ready on queue %r with %s; %s",
+            name,
+            settings.queue_name,
+            registry.operations(),
+            f"batching up to {settings.max_inflight_jobs} jobs, {settings.max_batch_rows} rows a forward"
+            if batcher is not None
+            else "one job at a time (BATCHING=off)",
+        )
         worker.work(burst=args.burst, with_scheduler=False, logging_level=settings.log_level)
         redis.hdel(capabilities_key(), name)
     except RedisError as exc:
@@ -78,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         stop.set()
+        cancels.stop()
+        if batcher is not None:
+            batcher.stop()
     return 0
 
 

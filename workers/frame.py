@@ -39,7 +39,9 @@ from rq.job import Job
 from core import storage
 from core.operations import OPERATIONS, OperationParams
 from core.protocol import JobCanceled, JobState, cancel_key
-from workers.registry import ModelRegistry, get_registry, get_settings
+from models.driver import Runner
+from workers.cancellation import CancelWatch
+from workers.registry import ModelRegistry, get_cancels, get_registry, get_runner, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class JobFrame(Generic[P]):
         self._last_progress = 0.0
         self._t0 = 0.0
         self._started = 0.0
+        self._cancels: CancelWatch | None = None
 
     # -- the with block ---------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -97,6 +100,9 @@ class JobFrame(Generic[P]):
         job.meta.pop("error", None)
         job.save_meta()
         self._started, self._t0 = time.time(), time.perf_counter()
+        self._cancels = get_cancels()
+        if self._cancels is not None:
+            self._cancels.watch(job.id)
         try:
             self.params: P = self._model.bounded(self._settings).model_validate(self._raw)
         except ValidationError as exc:
@@ -107,6 +113,8 @@ class JobFrame(Generic[P]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        if self._cancels is not None and self.job is not None:
+            self._cancels.unwatch(self.job.id)
         if exc is None:
             self.result = self._finish()
             return False
@@ -164,6 +172,11 @@ class JobFrame(Generic[P]):
         """A resident model of this worker (``mnist_class``, ``if_stage1``, ...)."""
         return self.registry.get(name)
 
+    @property
+    def runner(self) -> Runner | None:
+        """How the job's sampling requests run: the worker's batcher (shared forwards), or None (alone)."""
+        return get_runner()
+
     @cached_property
     def generator(self) -> torch.Generator:
         """The job's one seeded generator (on the worker's device): the same seed gives the same PNGs."""
@@ -178,8 +191,11 @@ class JobFrame(Generic[P]):
         return connection
 
     def check_canceled(self) -> None:
+        """Raise JobCanceled if a client canceled the job (a set lookup with the worker's cancel watch)."""
         assert self.job is not None
-        if self.redis.exists(cancel_key(self.job.id)):
+        cancels = self.__dict__.get("_cancels")
+        canceled = cancels.canceled(self.job.id) if cancels is not None else self.redis.exists(cancel_key(self.job.id))
+        if canceled:
             raise JobCanceled(self.job.id)
 
     def progress(self, step: int, total: int, *_: Any, stage: str | None = None) -> None:

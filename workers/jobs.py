@@ -38,6 +38,7 @@ def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
             method=p.sampler.value,
             generator=job.generator,
             callback=job.progress,
+            runner=job.runner,
         )
         grid = make_grid(images, ncols=min(p.n, 10))
         job.save("samples.png", imageio.png_bytes(grid), main=True, shape=list(grid.shape))
@@ -62,7 +63,12 @@ def _stage1_result(job: JobFrame[Any], image: torch.Tensor, prompt: str) -> None
     models = {"stage1": job.registry.source("if_stage1")}
     if params.upscale:
         big = ops.upscale(
-            job.model("if_stage2"), image, prompt, generator=job.generator, callback=job.stage_progress("II")
+            job.model("if_stage2"),
+            image,
+            prompt,
+            generator=job.generator,
+            callback=job.stage_progress("II"),
+            runner=job.runner,
         )
         job.save(f"result_{big.shape[-1]}.png", imageio.png_bytes(big[0], value_range=SIGNED), main=True)
         models["stage2"] = job.registry.source("if_stage2")
@@ -79,6 +85,7 @@ def if_sample(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         _stage1_result(job, out, p.prompt)
     return job.result
@@ -97,6 +104,7 @@ def if_sdedit(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         _stage1_result(job, out, p.prompt)
     return job.result
@@ -119,6 +127,7 @@ def if_inpaint(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         _stage1_result(job, out, p.prompt)
     return job.result
@@ -136,6 +145,7 @@ def if_anagram(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         for i, (prompt, view) in enumerate(zip(p.prompts, views, strict=True)):
             job.save(
@@ -161,6 +171,7 @@ def if_hybrid(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         small = F.interpolate(out, size=max(out.shape[-1] // 4, 1), mode="area")
         job.save("low_frequency.png", imageio.png_bytes(small[0], value_range=SIGNED), reading=p.prompt_low)
@@ -182,6 +193,7 @@ def if_denoise(params: dict[str, Any]) -> dict[str, Any]:
             guidance=p.guidance,
             generator=job.generator,
             callback=job.stage_progress("I"),
+            runner=job.runner,
         )
         job.save("noisy.png", imageio.png_bytes(res.noisy[0], value_range=SIGNED))
         job.save("result.png", imageio.png_bytes(res.denoised[0], value_range=SIGNED), main=True)

@@ -18,6 +18,8 @@ import torch
 
 from core.operations import IF_UPSCALE, OPERATIONS
 from core.settings import Settings
+from models.driver import Runner
+from workers.cancellation import CancelWatch
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +133,24 @@ def _jsonable(config: Any) -> Any:
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """What job functions reach through the process: the settings and the resident models."""
+    """What job functions reach through the process: the settings, the resident models and the runner of
+    their sampling requests (the batcher shared by the jobs in flight, or None: each job alone)."""
 
     settings: Settings
     registry: ModelRegistry
+    runner: Runner | None = None
+    cancels: CancelWatch | None = None
 
 
 _CONTEXT: WorkerContext | None = None
 
 
-def install(registry: ModelRegistry, settings: Settings) -> None:
+def install(
+    registry: ModelRegistry, settings: Settings, runner: Runner | None = None, cancels: CancelWatch | None = None
+) -> None:
     """Called once by the worker entry point (or an in-process test worker), before it takes jobs."""
     global _CONTEXT
-    _CONTEXT = WorkerContext(settings, registry)
+    _CONTEXT = WorkerContext(settings, registry, runner, cancels)
 
 
 def _context() -> WorkerContext:
@@ -154,6 +161,16 @@ def _context() -> WorkerContext:
 
 def get_registry() -> ModelRegistry:
     return _context().registry
+
+
+def get_cancels() -> CancelWatch | None:
+    """The worker's cancel subscription, or None (each check then reads the job's cancel key)."""
+    return _context().cancels
+
+
+def get_runner() -> Runner | None:
+    """The runner for sampling requests: the worker's batcher, or None to run each request alone."""
+    return _context().runner
 
 
 def get_settings() -> Settings:

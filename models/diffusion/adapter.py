@@ -29,50 +29,63 @@ def _split(out: Tensor, channels: int) -> NoisePrediction:
     return NoisePrediction(out, None)
 
 
+def _timesteps(t: int | Tensor, rows: int, device: torch.device) -> Tensor:
+    if isinstance(t, Tensor):
+        return t.to(device=device, dtype=torch.long)
+    return torch.full((rows,), t, device=device, dtype=torch.long)
+
+
 @dataclass
 class IFAdapter:
-    """Stage-I denoiser: ``unet(x_t, t, encoder_hidden_states=embeds)`` split into (eps, v)."""
+    """Stage-I denoiser: ``unet(x_t, t, encoder_hidden_states=embeds)`` split into (eps, v).
+
+    ``t`` is (N,) int64, one timestep per row (rows of several requests may be at different steps), or an int
+    for every row. Requests that use the same UNet share a forward (``key``)."""
 
     unet: Any  # a diffusers UNet2DConditionModel
 
+    @property
+    def key(self) -> Any:
+        return self.unet
+
     @torch.no_grad()
-    def __call__(self, x: Tensor, t: int, embeds: Tensor) -> NoisePrediction:
+    def __call__(self, x: Tensor, t: int | Tensor, embeds: Tensor) -> NoisePrediction:
         dtype = self.unet.dtype
-        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        timestep = _timesteps(t, x.shape[0], x.device)
         out = self.unet(x.to(dtype), timestep, encoder_hidden_states=embeds.to(x.device, dtype), return_dict=False)[0]
         return _split(out, x.shape[1])
 
 
 @dataclass
 class IFSuperResAdapter:
-    """Stage-II denoiser: the UNet sees ``cat([x_t, upscaled_noisy], dim=1)`` and the noise level as class label.
+    """Stage-II denoiser: the UNet sees ``cat([x_t, image], dim=1)`` and the image's noise level as class label.
+
+    Per row: ``x`` (N, C, H, W), ``t`` (N,), ``embeds`` (N, L, D), ``image`` (N, C, H, W) the stage-I image
+    upscaled to H x W and noised to ``noise_level`` (N,) int64 (a request repeats its image to every branch).
 
     Attributes:
         unet: stage-II UNet (2C input channels, 2C output channels, ``class_embed_type="timestep"``).
-        image: (B, C, H, W) the stage-I image upscaled to H x W and noised to ``noise_level``; repeated to match
-            the stacked branches (the strategies stack along the batch, branch-major).
-        noise_level: timestep of the image-noising schedule used for ``image``.
     """
 
     unet: Any  # a diffusers UNet2DConditionModel
-    image: Tensor
-    noise_level: int
+
+    @property
+    def key(self) -> Any:
+        return self.unet
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, t: int, embeds: Tensor) -> NoisePrediction:
-        B = self.image.shape[0]
-        if x.shape[0] % B:
-            raise ValueError(f"batch {x.shape[0]} is not a multiple of the conditioning batch {B}")
-        reps = x.shape[0] // B
+    def __call__(
+        self, x: Tensor, t: int | Tensor, embeds: Tensor, image: Tensor, noise_level: Tensor
+    ) -> NoisePrediction:
+        if image.shape[0] != x.shape[0] or noise_level.shape[0] != x.shape[0]:
+            raise ValueError(f"conditioning rows {image.shape[0]}/{noise_level.shape[0]} != {x.shape[0]} rows")
         dtype = self.unet.dtype
-        cond = self.image.to(x.device).repeat(reps, 1, 1, 1)
-        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        labels = torch.full((x.shape[0],), self.noise_level, device=x.device, dtype=torch.long)
+        timestep = _timesteps(t, x.shape[0], x.device)
         out = self.unet(
-            torch.cat([x, cond], dim=1).to(dtype),
+            torch.cat([x, image.to(x.device)], dim=1).to(dtype),
             timestep,
             encoder_hidden_states=embeds.to(x.device, dtype),
-            class_labels=labels,
+            class_labels=noise_level.to(x.device, torch.long),
             return_dict=False,
         )[0]
         return _split(out, x.shape[1])

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .adapter import IFAdapter
+from .adapter import IFAdapter, IFSuperResAdapter
 from .schedule import DDPMSchedule, StridedTimesteps, strided_timesteps
 from .text import EmbeddingCache, T5PromptEncoder
 
@@ -126,7 +126,11 @@ class IFEngine:
 
     @property
     def adapter(self) -> IFAdapter:
-        return IFAdapter(self.unet)
+        """The denoiser over ``unet``; one object per UNet, so that requests can share a forward."""
+        cached = self.__dict__.get("_adapter")
+        if cached is None or cached.unet is not self.unet:
+            cached = self.__dict__["_adapter"] = IFAdapter(self.unet)
+        return cached
 
 
 @dataclass
@@ -146,6 +150,14 @@ class Stage2Engine(IFEngine):
         if self.image_noising_scheduler is None:
             raise ValueError("Stage2Engine needs an image_noising_scheduler")
         self.noise_schedule = DDPMSchedule.from_scheduler(self.image_noising_scheduler)
+
+    @property
+    def adapter(self) -> IFSuperResAdapter:  # type: ignore[override]
+        """The stage-II denoiser over ``unet`` (the upscaled image and its noise level are per-row inputs)."""
+        cached = self.__dict__.get("_adapter")
+        if cached is None or cached.unet is not self.unet:
+            cached = self.__dict__["_adapter"] = IFSuperResAdapter(self.unet)
+        return cached
 
 
 def resolve_precision(

@@ -1,8 +1,12 @@
 """Guidance strategies: noise predictors ``(x_t, t) -> NoisePrediction`` built on a conditional denoiser.
 
-A *denoiser* is ``denoiser(x, t, embeds) -> NoisePrediction`` with x (N, C, H, W) and prompt embeddings
-(N, L, D) (the IF adapters in ``models.diffusion.adapter``, or an analytic function in tests). Each strategy
-stacks all of its branches along the batch and calls the denoiser exactly once per step.
+A *denoiser* is ``denoiser(x, t, embeds) -> NoisePrediction`` with x (N, C, H, W), per-row timesteps t (N,)
+int64 and prompt embeddings (N, L, D) (the IF adapters in ``models.diffusion.adapter``, or an analytic
+function in tests). Each strategy stacks all of its branches along the batch and calls the denoiser exactly
+once per step. It does so in two halves, so that the step driver (``models.driver``) can put the branches of
+many requests into one forward: ``inputs(x_t, t)`` gives the stacked network inputs ``{"x", "t", "embeds"}``
+and ``combine(output)`` turns the denoiser's output rows back into one ``NoisePrediction``;
+``strategy(x_t, t)`` is ``combine(denoiser(**inputs(x_t, t)))``.
 
 Notation as in ``models.diffusion.schedule``. Classifier-free guidance with scale s
 (Ho & Salimans 2022, eq. 6 with s = 1 + w; the Imagen/diffusers convention):
@@ -31,13 +35,28 @@ from torch import Tensor
 from .loop import NoisePrediction
 from .views import View
 
-__all__ = ["Anagram", "ClassifierFree", "Denoiser", "Hybrid", "cfg_combine"]
+__all__ = ["Anagram", "ClassifierFree", "Denoiser", "Guide", "Hybrid", "cfg_combine", "timestep_rows"]
 
 
 class Denoiser(Protocol):
-    """``denoiser(x, t, embeds)``: x (N, C, H, W), int t, embeds (N, L, D) -> NoisePrediction (N, C, H, W)."""
+    """``denoiser(x, t, embeds)``: x (N, C, H, W), t (N,) int64, embeds (N, L, D) -> NoisePrediction (N, C, H, W)."""
 
-    def __call__(self, x: Tensor, t: int, embeds: Tensor) -> NoisePrediction: ...
+    def __call__(self, x: Tensor, t: Tensor, embeds: Tensor) -> NoisePrediction: ...
+
+
+class Guide(Protocol):
+    """A strategy as the step driver uses it: its denoiser, and the two halves of one prediction."""
+
+    denoiser: Denoiser
+
+    def inputs(self, x_t: Tensor, t: int) -> dict[str, Tensor]: ...
+
+    def combine(self, output: NoisePrediction) -> NoisePrediction: ...
+
+
+def timestep_rows(t: int, rows: int, device: torch.device) -> Tensor:
+    """The timestep ``t`` for each of ``rows`` stacked branches: (rows,) int64."""
+    return torch.full((rows,), t, device=device, dtype=torch.long)
 
 
 def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
@@ -72,12 +91,18 @@ class ClassifierFree:
     uncond: Tensor
     scale: float = 7.0
 
-    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+    def inputs(self, x_t: Tensor, t: int) -> dict[str, Tensor]:
         B = x_t.shape[0]
         embeds = torch.cat([_rows(self.uncond, B), _rows(self.cond, B)])
-        eps, v = self.denoiser(torch.cat([x_t, x_t]), t, embeds)
+        return {"x": torch.cat([x_t, x_t]), "t": timestep_rows(t, 2 * B, x_t.device), "embeds": embeds}
+
+    def combine(self, output: NoisePrediction) -> NoisePrediction:
+        eps, v = output
         eps_u, eps_c = eps.chunk(2)
         return NoisePrediction(cfg_combine(eps_u, eps_c, self.scale), None if v is None else v.chunk(2)[1])
+
+    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+        return self.combine(self.denoiser(**self.inputs(x_t, t)))
 
 
 @dataclass
@@ -104,12 +129,19 @@ class Anagram:
         if len(self.views) == 0 or len(self.views) != len(self.conds):
             raise ValueError(f"need one prompt per view, got {len(self.conds)} prompts for {len(self.views)} views")
 
-    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+    def inputs(self, x_t: Tensor, t: int) -> dict[str, Tensor]:
         B, n = x_t.shape[0], len(self.views)
         viewed = torch.cat([view.view(x_t) for view in self.views])  # (N B, C, H, W), view-major
         cond = torch.cat([_rows(c, B) for c in self.conds])
         embeds = torch.cat([_rows(self.uncond, B).repeat(n, 1, 1), cond])
-        eps, v = self.denoiser(torch.cat([viewed, viewed]), t, embeds)
+        return {"x": torch.cat([viewed, viewed]), "t": timestep_rows(t, 2 * n * B, x_t.device), "embeds": embeds}
+
+    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+        return self.combine(self.denoiser(**self.inputs(x_t, t)))
+
+    def combine(self, output: NoisePrediction) -> NoisePrediction:
+        n = len(self.views)
+        eps, v = output
         eps_u, eps_c = eps.chunk(2)
         guided = cfg_combine(eps_u, eps_c, self.scale).chunk(n)
         eps_out = torch.stack([view.inverse_view(e) for view, e in zip(self.views, guided, strict=True)]).mean(0)
@@ -144,10 +176,16 @@ class Hybrid:
         if len(self.conds) != 2:
             raise ValueError(f"a hybrid needs exactly two prompts, got {len(self.conds)}")
 
-    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+    def inputs(self, x_t: Tensor, t: int) -> dict[str, Tensor]:
         B = x_t.shape[0]
         embeds = torch.cat([_rows(self.uncond, B), _rows(self.conds[0], B), _rows(self.conds[1], B)])
-        eps, v = self.denoiser(torch.cat([x_t, x_t, x_t]), t, embeds)
+        return {"x": torch.cat([x_t, x_t, x_t]), "t": timestep_rows(t, 3 * B, x_t.device), "embeds": embeds}
+
+    def __call__(self, x_t: Tensor, t: int) -> NoisePrediction:
+        return self.combine(self.denoiser(**self.inputs(x_t, t)))
+
+    def combine(self, output: NoisePrediction) -> NoisePrediction:
+        eps, v = output
         eps_u, eps_a, eps_b = eps.chunk(3)
         guided_a = cfg_combine(eps_u, eps_a, self.scale)
         guided_b = cfg_combine(eps_u, eps_b, self.scale)

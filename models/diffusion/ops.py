@@ -23,15 +23,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .adapter import IFSuperResAdapter
+from ..driver import Runner
 from .engine import IFEngine, Stage2Engine
 from .filters import GaussianBlur, gaussian_blur
-from .guidance import Anagram, ClassifierFree, Hybrid
+from .guidance import Anagram, ClassifierFree, Denoiser, Hybrid
 from .loop import Callback, iterative_denoise
 from .schedule import StridedTimesteps, randn
 from .schedule import forward as _forward
@@ -148,13 +149,20 @@ def sample(
     callback: Callback | None = None,
     stride: int = 30,
     batch_size: int = 1,
+    runner: Runner | None = None,
 ) -> Tensor:
     """Text-to-image from pure noise with classifier-free guidance: (batch_size, 3, S, S)."""
     _seeded(generator)
     ts = engine.timesteps(stride)
     strategy = _cfg(engine, prompt, guidance)
     x = iterative_denoise(
-        _noise(engine, batch_size, generator), ts, strategy, i_start=0, callback=callback, generator=generator
+        _noise(engine, batch_size, generator),
+        ts,
+        strategy,
+        i_start=0,
+        callback=callback,
+        generator=generator,
+        runner=runner,
     )
     return _out(x)
 
@@ -170,6 +178,7 @@ def sdedit(
     generator: torch.Generator,
     callback: Callback | None = None,
     stride: int = 30,
+    runner: Runner | None = None,
 ) -> Tensor:
     """SDEdit / image-to-image (Meng et al. 2022): noise ``image`` to ``timesteps[i_start]`` and denoise.
 
@@ -182,7 +191,9 @@ def sdedit(
     x_0 = _image(engine, image)
     strategy = _cfg(engine, prompt, guidance)
     x_t = _forward(x_0, ts[i_start], engine.schedule, generator=generator)
-    return _out(iterative_denoise(x_t, ts, strategy, i_start=i_start, callback=callback, generator=generator))
+    return _out(
+        iterative_denoise(x_t, ts, strategy, i_start=i_start, callback=callback, generator=generator, runner=runner)
+    )
 
 
 @torch.inference_mode()
@@ -196,6 +207,7 @@ def inpaint(
     generator: torch.Generator,
     callback: Callback | None = None,
     stride: int = 30,
+    runner: Runner | None = None,
 ) -> Tensor:
     """Inpainting (RePaint, Lugmayr et al. 2022, eq. 8 without resampling): after every step
     ``x = m x + (1 - m) forward(image, t_prev)``; the last step uses t_prev = -1, so pixels with m = 0 equal
@@ -222,6 +234,7 @@ def inpaint(
         project=project,
         callback=callback,
         generator=generator,
+        runner=runner,
     )
     return project(_out(x), -1)
 
@@ -236,6 +249,7 @@ def anagram(
     generator: torch.Generator,
     callback: Callback | None = None,
     stride: int = 30,
+    runner: Runner | None = None,
 ) -> Tensor:
     """Visual anagram (Geng et al. 2024): one image whose ``views[i].view(image)`` shows ``prompts[i]``.
 
@@ -256,6 +270,7 @@ def anagram(
         i_start=0,
         callback=callback,
         generator=generator,
+        runner=runner,
     )
     return _out(x)
 
@@ -272,6 +287,7 @@ def hybrid(
     generator: torch.Generator,
     callback: Callback | None = None,
     stride: int = 30,
+    runner: Runner | None = None,
 ) -> Tensor:
     """Hybrid image (Geng et al. 2024, sec. 4.3): ``prompt_low`` from afar, ``prompt_high`` up close.
 
@@ -289,6 +305,7 @@ def hybrid(
         i_start=0,
         callback=callback,
         generator=generator,
+        runner=runner,
     )
     return _out(x)
 
@@ -323,11 +340,13 @@ def denoise(
     stride: int = 30,
     blur_kernel_size: int = 5,
     blur_sigma: float = 2.0,
+    runner: Runner | None = None,
 ) -> DenoiseResult:
     """Noise ``image`` to timestep ``t`` with the forward process, then denoise it with ``method``.
 
-    ``iterative`` runs the loop over ``t`` followed by the strided timesteps below ``t``; ``one_step`` and
-    ``blur`` are a single step (callback(1, 1, x0_hat, x0_hat)).
+    ``iterative`` runs the loop over ``t`` followed by the strided timesteps below ``t``; ``one_step`` is the
+    loop over ``t`` alone (one noise estimate, ``x0_hat`` by DDPM eq. 15); ``blur`` is a single step without
+    the network (callback(1, 1, x0_hat, x0_hat)).
     """
     _seeded(generator)
     try:
@@ -341,17 +360,21 @@ def denoise(
     x_t = _forward(_image(engine, image), t, schedule, generator=generator)
     if method is DenoiseMethod.BLUR:
         x0_hat = gaussian_blur(x_t, blur_kernel_size, blur_sigma)
-    elif method is DenoiseMethod.ONE_STEP:
-        eps, _ = _cfg(engine, prompt, guidance)(x_t, t)
-        x0_hat = schedule.predict_x0(x_t, eps, t)
+        if callback is not None:
+            callback(1, 1, x0_hat, x0_hat)
     else:
-        below = tuple(s for s in engine.timesteps(stride) if s < t)
-        ts = StridedTimesteps(schedule, (t, *below))
+        # one step is the loop over (t,): its only step returns x0_hat (DDPM eq. 15); iterative adds the
+        # strided timesteps below t
+        below = tuple(s for s in engine.timesteps(stride) if s < t) if method is DenoiseMethod.ITERATIVE else ()
         x0_hat = iterative_denoise(
-            x_t, ts, _cfg(engine, prompt, guidance), i_start=0, callback=callback, generator=generator
+            x_t,
+            StridedTimesteps(schedule, (t, *below)),
+            _cfg(engine, prompt, guidance),
+            i_start=0,
+            callback=callback,
+            generator=generator,
+            runner=runner,
         )
-    if method is not DenoiseMethod.ITERATIVE and callback is not None:
-        callback(1, 1, x0_hat, x0_hat)
     return DenoiseResult(noisy=_out(x_t), denoised=_out(x0_hat))
 
 
@@ -366,6 +389,7 @@ def upscale(
     generator: torch.Generator,
     callback: Callback | None = None,
     steps: int = 50,
+    runner: Runner | None = None,
 ) -> Tensor:
     """IF stage II: upscale a stage-I result (B, 3, h, w) to (B, 3, S, S), S = ``stage2.image_size``.
 
@@ -389,7 +413,23 @@ def upscale(
     x_T = randn(torch.empty(image.shape[0], 3, S, S, device=stage2.device), generator)
     up_noisy = _forward(up, noise_level, stage2.noise_schedule, generator=generator)
     cond, uncond = stage2.encode([prompt, NULL_PROMPT]).split(1)
-    strategy = ClassifierFree(IFSuperResAdapter(stage2.unet, up_noisy, noise_level), cond, uncond, _guidance(guidance))
+    # the stage-II denoiser also takes the image and its noise level per row: the request adds them
+    strategy = ClassifierFree(cast(Denoiser, stage2.adapter), cond, uncond, _guidance(guidance))
+    conditioning = {
+        "image": up_noisy,
+        "noise_level": torch.full((up_noisy.shape[0],), noise_level, device=up_noisy.device),
+    }
     stride = T // steps
     ts = stage2.timesteps(stride, start=(steps - 1) * stride)
-    return _out(iterative_denoise(x_T, ts, strategy, i_start=0, callback=callback, generator=generator))
+    return _out(
+        iterative_denoise(
+            x_T,
+            ts,
+            strategy,
+            i_start=0,
+            callback=callback,
+            generator=generator,
+            conditioning=conditioning,
+            runner=runner,
+        )
+    )

@@ -17,17 +17,24 @@ half (2n images) at once. So Euler with K steps costs K NFE; Heun and midpoint c
 
 Classifier-free guidance (Ho & Salimans 2022, eq. 6, written for velocities):
 ``v = v_uncond + w (v_cond - v_uncond)``; w = 1 is the conditional estimate, w = 0 the unconditional.
+
+One solver loop: an ODE solve is a resumable request (:class:`FlowRequest`) with a step rule (Euler, Heun,
+midpoint), driven by the step driver (``models.driver``) alone or batched with other requests on the same
+network (rows with their own times and classes), with the same arithmetic in the same order either way.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from ..driver import Runner, drive
 from .unet import FlowUNet
 
 logger = logging.getLogger(__name__)
@@ -56,37 +63,169 @@ def _t(ts: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
     return ts[i].to(x.dtype).expand(x.shape[0])
 
 
-#: ``step(velocity, x, ts, i, dt) -> x`` from ``ts[i]`` to ``ts[i + 1]``, dt = ts[i + 1] - ts[i] in x's dtype.
-_Step = Callable[[VelocityFn, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
+# ----------------------------------------------------------------------------------------------
+# Step rules. A solver step from ts[i] to ts[i + 1] evaluates the velocity at ``evals`` points, each point
+# computed from the earlier velocities ``vs``, then combines them; the step driver runs one network forward
+# per evaluation (so a Heun step is two driver steps).
 
 
-def _integrate(
-    step: _Step, velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None
+class StepRule(Protocol):
+    evals: int
+
+    def point(
+        self, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor, vs: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, t (B,)) of evaluation ``len(vs)``."""
+        ...
+
+    def update(self, x: torch.Tensor, dt: torch.Tensor, vs: list[torch.Tensor]) -> torch.Tensor:
+        """The sample at ts[i + 1] from the ``evals`` velocities."""
+        ...
+
+
+class _Euler:
+    """Explicit Euler: ``x <- x + dt v(x, t_i)``."""
+
+    evals = 1
+
+    def point(self, x, ts, i, dt, vs):
+        return x, _t(ts, i, x)
+
+    def update(self, x, dt, vs):
+        return x + dt * vs[0]
+
+
+class _Heun:
+    """Heun (explicit trapezoid; Karras et al. 2022, alg. 1): Euler predictor, trapezoidal corrector."""
+
+    evals = 2
+
+    def point(self, x, ts, i, dt, vs):
+        return (x, _t(ts, i, x)) if not vs else (x + dt * vs[0], _t(ts, i + 1, x))
+
+    def update(self, x, dt, vs):
+        return x + dt * 0.5 * (vs[0] + vs[1])
+
+
+class _Midpoint:
+    """Explicit midpoint rule: ``x <- x + dt v(x + dt/2 v(x, t), t + dt/2)``."""
+
+    evals = 2
+
+    def point(self, x, ts, i, dt, vs):
+        if not vs:
+            return x, _t(ts, i, x)
+        return x + 0.5 * dt * vs[0], (0.5 * (ts[i] + ts[i + 1])).to(x.dtype).expand(x.shape[0])
+
+    def update(self, x, dt, vs):
+        return x + dt * vs[1]
+
+
+#: Map request strings to step rules at the edge.
+RULES: dict[str, StepRule] = {"euler": _Euler(), "heun": _Heun(), "midpoint": _Midpoint()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The solver as a resumable request (``models.driver``).
+
+
+class VelocityGuide(Protocol):
+    """How a request turns one sample into network inputs and the network's rows back into one velocity."""
+
+    network: Any
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor: ...
+
+
+class _FunctionNetwork:
+    """A plain ``velocity(x, t)`` as a one-request network (never shares a forward)."""
+
+    def __init__(self, velocity: VelocityFn) -> None:
+        self.velocity = velocity
+        self.network = self
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.velocity(x, t)
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x_t, "t": t}
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+
+@dataclass(eq=False)
+class FlowRequest:
+    """One ODE solve from t = ts[0] to ts[-1] as a resumable state: one network evaluation per ``advance``.
+
+    Attributes:
+        x: (B, C, H, W) the sample at ``ts[i]`` (replaced, never written in place).
+        ts: (K + 1,) increasing time grid.
+        rule: the step rule (Euler, Heun, midpoint).
+        guide: the velocity's network and how rows map to it (``VelocityGuide``), or a plain ``velocity(x, t)``.
+        callback: ``callback(step, total, x_t, preview)`` after each solver step; exceptions end the request.
+    """
+
+    x: torch.Tensor
+    ts: torch.Tensor
+    rule: StepRule
+    guide: Any
+    callback: StepCallback | None = None
+    i: int = 0
+    vs: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not all(hasattr(self.guide, name) for name in ("inputs", "combine", "network")):
+            self.guide = _FunctionNetwork(self.guide)
+
+    @property
+    def network(self) -> Any:
+        return self.guide.network
+
+    @property
+    def total(self) -> int:
+        return int(self.ts.shape[0]) - 1
+
+    def _dt(self) -> torch.Tensor:
+        return (self.ts[self.i + 1] - self.ts[self.i]).to(self.x.dtype)
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        x_eval, t_eval = self.rule.point(self.x, self.ts, self.i, self._dt(), self.vs)
+        inputs: dict[str, torch.Tensor] = self.guide.inputs(x_eval, t_eval)
+        return inputs
+
+    def advance(self, output: torch.Tensor) -> bool:
+        self.vs.append(self.guide.combine(output))
+        if len(self.vs) < self.rule.evals:
+            return False
+        self.x, self.vs, self.i = self.rule.update(self.x, self._dt(), self.vs), [], self.i + 1
+        if self.callback is not None:
+            self.callback(self.i, self.total, self.x, self.x.clamp(0.0, 1.0))
+        return self.i == self.total
+
+
+def solve(
+    rule: str,
+    guide: Any,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    callback: StepCallback | None = None,
+    *,
+    runner: Runner | None = None,
 ) -> torch.Tensor:
-    """The one solver loop: ``step`` over each interval of ``ts``, ``callback(i + 1, K, x)`` after each."""
-    total = ts.shape[0] - 1
-    for i in range(total):
-        x = step(velocity, x, ts, i, (ts[i + 1] - ts[i]).to(x.dtype))
-        if callback is not None:
-            callback(i + 1, total, x, x.clamp(0.0, 1.0))
-    return x
+    """Integrate from ``ts[0]`` to ``ts[-1]`` with the step rule ``rule`` (a key of ``RULES``).
 
-
-def _euler_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
-    return x + dt * velocity(x, _t(ts, i, x))
-
-
-def _heun_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
-    v0 = velocity(x, _t(ts, i, x))
-    x_pred = x + dt * v0
-    v1 = velocity(x_pred, _t(ts, i + 1, x))
-    return x + dt * 0.5 * (v0 + v1)
-
-
-def _midpoint_step(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, i: int, dt: torch.Tensor) -> torch.Tensor:
-    t_mid = (0.5 * (ts[i] + ts[i + 1])).to(x.dtype).expand(x.shape[0])
-    v0 = velocity(x, _t(ts, i, x))
-    return x + dt * velocity(x + 0.5 * dt * v0, t_mid)
+    guide: a ``VelocityGuide`` or a plain ``velocity(x, t)``; x: (B, C, H, W) at ``ts[0]``; ts: (K + 1,)
+    increasing. ``runner`` runs the request (``models.driver.drive`` alone by default, or a shared batcher).
+    Returns (B, C, H, W) at ``ts[-1]``.
+    """
+    if ts.shape[0] < 2:
+        return x
+    request = FlowRequest(x, ts, RULES[rule], guide, callback)
+    (runner or drive)(request)
+    return request.x
 
 
 def euler(
@@ -97,25 +236,25 @@ def euler(
     velocity: see :data:`VelocityFn`; x: (B, C, H, W) at ``ts[0]``; ts: (K + 1,) increasing.
     Returns (B, C, H, W) at ``ts[-1]``. K NFE.
     """
-    return _integrate(_euler_step, velocity, x, ts, callback)
+    return solve("euler", velocity, x, ts, callback)
 
 
 def heun(velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None) -> torch.Tensor:
     """Heun's method: Euler predictor, trapezoidal corrector. Shapes as in :func:`euler`; 2K NFE."""
-    return _integrate(_heun_step, velocity, x, ts, callback)
+    return solve("heun", velocity, x, ts, callback)
 
 
 def midpoint(
     velocity: VelocityFn, x: torch.Tensor, ts: torch.Tensor, callback: StepCallback | None = None
 ) -> torch.Tensor:
     """Explicit midpoint rule: ``x <- x + dt v(x + dt/2 v(x, t), t + dt/2)``. 2K NFE."""
-    return _integrate(_midpoint_step, velocity, x, ts, callback)
+    return solve("midpoint", velocity, x, ts, callback)
 
 
 #: Map request strings to solver functions at the edge.
 SOLVERS: dict[str, Solver] = {"euler": euler, "heun": heun, "midpoint": midpoint}
 #: Network evaluations per solver step.
-EVALS_PER_STEP: dict[str, int] = {"euler": 1, "heun": 2, "midpoint": 2}
+EVALS_PER_STEP: dict[str, int] = {name: rule.evals for name, rule in RULES.items()}
 
 
 def nfe(method: str, steps: int) -> int:
@@ -124,7 +263,38 @@ def nfe(method: str, steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Model wrappers: adapt a FlowUNet to a VelocityFn.
+# Model wrappers: a FlowUNet as the driver's network, and the velocities of a request.
+
+
+class FlowNet:
+    """A :class:`FlowUNet` as a network of the step driver: ``net(x, t, c=None)`` with per-row times t (N,)
+    and classes c (N, K), run in the model's dtype without gradients, returned in ``x``'s dtype.
+
+    One object per model (:meth:`of`): requests that use the same model share a forward (``key``).
+    """
+
+    def __init__(self, model: FlowUNet) -> None:
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def of(cls, model: FlowUNet) -> FlowNet:
+        net = _NETS.get(model)
+        if net is None:
+            net = _NETS[model] = cls(model)
+        return net
+
+    @property
+    def key(self) -> FlowUNet:
+        return self.model
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        out: torch.Tensor = self.model(x.to(self.dtype), t.to(self.dtype), None if c is None else c.to(self.dtype))
+        return out.to(x.dtype)
+
+
+_NETS: weakref.WeakKeyDictionary[FlowUNet, FlowNet] = weakref.WeakKeyDictionary()
 
 
 class TimeVelocity:
@@ -134,12 +304,16 @@ class TimeVelocity:
     """
 
     def __init__(self, model: FlowUNet, c: torch.Tensor | None = None) -> None:
-        self.model, self.c = model, c
-        self.dtype = next(model.parameters()).dtype
+        self.network, self.c = FlowNet.of(model), c
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x_t, "t": t} | ({} if self.c is None else {"c": self.c})
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        return output
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        c = None if self.c is None else self.c.to(self.dtype)
-        return self.model(x_t.to(self.dtype), t.to(self.dtype), c).to(x_t.dtype)
+        return self.combine(self.network(**self.inputs(x_t, t)))
 
 
 class ClassifierFreeGuidance:
@@ -153,14 +327,18 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model: FlowUNet, c: torch.Tensor, scale: float) -> None:
-        self.model, self.scale = model, float(scale)
-        self.dtype = next(model.parameters()).dtype
-        self.c_both = torch.cat([c, torch.zeros_like(c)]).to(self.dtype)
+        self.network, self.scale = FlowNet.of(model), float(scale)
+        self.c_both = torch.cat([c, torch.zeros_like(c)]).to(self.network.dtype)
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": torch.cat([x_t, x_t]), "t": torch.cat([t, t]), "c": self.c_both}
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        v_cond, v_uncond = output.chunk(2)
+        return v_uncond + self.scale * (v_cond - v_uncond)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v = self.model(torch.cat([x_t, x_t]).to(self.dtype), torch.cat([t, t]).to(self.dtype), self.c_both)
-        v_cond, v_uncond = v.to(x_t.dtype).chunk(2)
-        return v_uncond + self.scale * (v_cond - v_uncond)
+        return self.combine(self.network(**self.inputs(x_t, t)))
 
 
 class _EvalMode:
@@ -186,6 +364,7 @@ def generate(
     method: str = "euler",
     generator: torch.Generator,
     callback: StepCallback | None = None,
+    runner: Runner | None = None,
 ) -> torch.Tensor:
     """Sample ``n`` images by integrating the learned ODE from t = 0 (noise) to t = 1 (data).
 
@@ -199,7 +378,9 @@ def generate(
         method: a key of :data:`SOLVERS`.
         generator: seeded generator for the initial noise x_0 ~ N(0, I); it may live on the CPU
             while the model is on an accelerator (noise is drawn on the generator's device).
-        callback: ``callback(step, total, x_t)`` after each step; exceptions it raises propagate.
+        callback: ``callback(step, total, x_t, preview)`` after each step; exceptions it raises propagate.
+        runner: runs the ODE solve (``models.driver.drive`` alone by default; a worker's batcher puts the
+            rows of many requests into one forward).
     Returns:
         (n, C, S, S) float32 in [0, 1] on the model's device.
     """
@@ -229,10 +410,10 @@ def generate(
     with _EvalMode(model), torch.no_grad():
         if digits is not None:
             c = F.one_hot(labels.to(device), cfg.num_classes).float()
-            velocity: VelocityFn = ClassifierFreeGuidance(model, c, guidance)
+            guide: ClassifierFreeGuidance | TimeVelocity = ClassifierFreeGuidance(model, c, guidance)
         elif cfg.conditioning == "class":
-            velocity = TimeVelocity(model, torch.zeros((n, cfg.num_classes), device=device))
+            guide = TimeVelocity(model, torch.zeros((n, cfg.num_classes), device=device))
         else:
-            velocity = TimeVelocity(model)
-        x = SOLVERS[method](velocity, x, ts, callback)
+            guide = TimeVelocity(model)
+        x = solve(method, guide, x, ts, callback, runner=runner)
     return x.clamp(0.0, 1.0)

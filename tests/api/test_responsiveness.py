@@ -58,6 +58,9 @@ def test_healthz_answers_fast_while_a_big_upload_is_validated(redis_server, mnis
         assert upload["status"] == 202, upload  # accepted: no worker is needed to queue it
         during = [dt for t, dt in latencies if upload["start"] + 0.1 < t < upload["end"] - 0.05]
         assert len(during) >= 5, (upload, latencies)  # the probes overlapped the decode
-        assert max(during) < 0.1, sorted(during)[-5:]
+        # A blocked event loop would hold every probe until the decode ends (~0.5 s here). A loaded CI machine
+        # may still deschedule the server for one probe, so the bar is: 9 in 10 probes within 100 ms.
+        fast = sum(dt < 0.1 for dt in during)
+        assert fast >= 0.9 * len(during), sorted(during)[-5:]
     finally:
         stack.stop()

@@ -75,7 +75,11 @@ def test_real_architectures_match_the_adapters_on_the_meta_device() -> None:
         assert out.eps.shape == out.v.shape == (4, 3, 64, 64) and out.eps.dtype == torch.float32
         unet2 = UNet2DConditionModel(**load_unet_config(STAGE2_UNET_CONFIG, CONFIGS)).half()
         assert sum(p.numel() for p in unet2.parameters()) == 1_243_277_190
-        out2 = IFSuperResAdapter(unet2, torch.empty(1, 3, 256, 256), 250)(
-            torch.empty(2, 3, 256, 256), 500, torch.empty(2, 77, 4096)
+        out2 = IFSuperResAdapter(unet2)(
+            torch.empty(2, 3, 256, 256),
+            500,
+            torch.empty(2, 77, 4096),
+            image=torch.empty(2, 3, 256, 256),
+            noise_level=torch.full((2,), 250),
         )
         assert out2.eps.shape == out2.v.shape == (2, 3, 256, 256)
