@@ -24,8 +24,10 @@ def get_redis(request: Request) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
-def get_queue(redis: RedisDep, settings: SettingsDep) -> Queue:
-    return Queue(settings.queue_name, connection=redis)
+def get_queue(request: Request) -> Queue:
+    """The job queue, made once by the app's lifespan (a Queue caches what it learns about the server)."""
+    queue: Queue = request.app.state.queue
+    return queue
 
 
 QueueDep = Annotated[Queue, Depends(get_queue)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -65,8 +66,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def operation_states(redis: Redis, queue: Queue) -> dict[str, OperationState]:
-    """Each operation (and the stage-II upscale) with whether a live worker can serve it, and why not.
+def operation_states(redis: Redis, queue: Queue) -> tuple[int, dict[str, OperationState]]:
+    """(live workers, each operation and the stage-II upscale with whether a live worker can serve it and why not).
 
     A worker publishes what it serves and, for the rest, the reason (a model that failed to load, DeepFloyd
     disabled, no CUDA device for IF_ENABLED=auto); workers that stopped heart-beating are not counted.
@@ -84,23 +85,38 @@ def operation_states(redis: Redis, queue: Queue) -> dict[str, OperationState]:
         else:
             reason = "; ".join(reasons) or ("no live worker" if not infos else "no live worker serves it")
             states[name] = OperationState(available=False, workers=0, reason=reason)
-    return states
+    return len(live), states
+
+
+STATES_TTL_S = 1.0
+_states_cache: dict[tuple[str, str], tuple[float, int, dict[str, OperationState]]] = {}
+_states_lock = threading.Lock()
+
+
+def _recent_states(redis: Redis, queue: Queue) -> tuple[int, dict[str, OperationState]]:
+    """``operation_states`` at most ``STATES_TTL_S`` old: a submit costs no worker scan while traffic is high."""
+    key = (repr(redis.connection_pool), queue.name)
+    now = time.monotonic()
+    with _states_lock:
+        cached = _states_cache.get(key)
+    if cached is not None and now - cached[0] < STATES_TTL_S:
+        return cached[1], cached[2]
+    live, states = operation_states(redis, queue)
+    with _states_lock:
+        _states_cache[key] = (now, live, states)
+    return live, states
 
 
 def ensure_servable(redis: Redis, queue: Queue, kind: str) -> None:
     """503 when live workers exist but none of them can serve `kind` (its model failed to load, or is not
     enabled). With no live worker at all the job is accepted and waits in the queue, so a restarting worker
-    loses nothing."""
-    from rq import Worker
-
-    if not Worker.all(queue=queue):
-        return
-    state = operation_states(redis, queue)[kind]
-    if not state.available:
+    loses nothing. Uses a view of the workers at most a second old."""
+    live, states = _recent_states(redis, queue)
+    if live and not states[kind].available:
         raise Problem(
             503,
             "operation-unavailable",
-            f"no live worker can serve {kind}: {state.reason}",
+            f"no live worker can serve {kind}: {states[kind].reason}",
             headers={"Retry-After": "30"},
         )
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from redis import Redis
+from rq import Queue
 
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import health, jobs, operations
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+        app.state.queue = Queue(settings.queue_name, connection=app.state.redis)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         try:
             yield

@@ -51,7 +51,7 @@ def readyz(redis: RedisDep, queue: QueueDep) -> JSONResponse:
     try:
         redis.ping()
         workers = live_workers(redis, queue)
-        states = operation_states(redis, queue)
+        _, states = operation_states(redis, queue)
         depth = queue.count
     except RedisError as exc:
         body = Readiness(ready=False, redis=False, detail=f"Redis unreachable: {exc}")
