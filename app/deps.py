@@ -10,9 +10,16 @@ from redis import Redis
 from rq import Queue
 
 from app.problems import Problem
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (``create_app``)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_redis(request: Request) -> Redis:

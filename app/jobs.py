@@ -216,13 +216,20 @@ def fetch(redis: Redis, job_id: str) -> Job:
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}") from None
 
 
+def result_of(job: Job) -> dict[str, Any]:
+    """The job function's return value (read once per Job object: it is a stream read in Redis)."""
+    if "_svc_result" not in job.__dict__:
+        value = job.return_value() if _RQ_TO_STATE.get(job.get_status(refresh=False)) is JobState.succeeded else None
+        job.__dict__["_svc_result"] = value if isinstance(value, dict) else {}
+    result: dict[str, Any] = job.__dict__["_svc_result"]
+    return result
+
+
 def state_of(job: Job) -> JobState:
     status = job.get_status(refresh=False)
     state = _RQ_TO_STATE.get(status, JobState.queued)
-    if state is JobState.succeeded:
-        result = job.return_value()
-        if isinstance(result, dict) and result.get("status") == JobState.canceled.value:
-            return JobState.canceled
+    if state is JobState.succeeded and result_of(job).get("status") == JobState.canceled.value:
+        return JobState.canceled
     return state
 
 
@@ -260,7 +267,7 @@ def view(job: Job, redis: Redis, queue: Queue) -> JobBody:
     results: dict[str, str] = {}
     result_url = None
     if state is JobState.succeeded:
-        value = job.return_value() or {}
+        value = result_of(job)
         for name in value.get("files", []):
             results[name] = f"/jobs/{job.id}/files/{name}"
         if value.get("main"):
@@ -300,3 +307,4 @@ def cancel(redis: Redis, job: Job, settings: Settings) -> None:
             job.meta["finished_at"] = datetime.now(UTC).isoformat()
             job.save_meta()
     job.refresh()
+    job.__dict__.pop("_svc_result", None)

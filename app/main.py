@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from redis import Redis
 from rq import Queue
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import health, jobs, operations
@@ -43,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis.close()
 
     app = FastAPI(title="Diffusion inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     install_problem_handlers(app)
     _limit_body_size(app, settings)
     app.include_router(health.router)
@@ -53,16 +55,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _limit_body_size(app: FastAPI, settings: Settings) -> None:
-    """Refuse a request body larger than two uploads plus form fields before it is parsed (413)."""
-    limit = 2 * settings.max_upload_bytes + 1024 * 1024
+    """Refuse a request body larger than two uploads plus form fields before it is parsed (413).
 
-    @app.middleware("http")
-    async def body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            problem = Problem(413, "request-too-large", f"the request body is larger than {limit} bytes")
-            return problem_response(problem, request)
-        return await call_next(request)
+    A plain ASGI middleware (no ``BaseHTTPMiddleware``: that one costs a task per request, on every poll)."""
+    limit = 2 * settings.max_upload_bytes + 1024 * 1024
+    app.add_middleware(BodySizeLimit, limit=limit)
+
+
+class BodySizeLimit:
+    """413 problem+json for a declared ``content-length`` above ``limit`` (or a malformed one)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                problem = Problem(413, "request-too-large", f"the request body is larger than {self.limit} bytes")
+                await problem_response(problem, Request(scope))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 app = create_app()

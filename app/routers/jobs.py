@@ -40,7 +40,7 @@ def _file(settings: Settings, redis: Redis, job_id: str, name: str | None) -> Fi
     state = jobs.state_of(job)
     if state.value != "succeeded":
         raise Problem(409, "job-not-succeeded", f"job {job_id} is {state.value}; results exist only once it succeeded")
-    value = job.return_value() or {}
+    value = jobs.result_of(job)
     name = name if name is not None else value.get("main")
     if not name:
         raise Problem(404, "no-result", f"job {job_id} has no main result")
