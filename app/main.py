@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from redis import Redis
 
+from app.events import EventHub
 from app.problems import Problem, install_problem_handlers, problem_response
-from app.routers import health, jobs, operations
+from app.routers import events, health, jobs, operations
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,9 @@ DESCRIPTION = """
 Diffusion-based image editing (DeepFloyd IF) and MNIST flow-matching generation.
 
 Every generating endpoint answers **202 Accepted** with a `Location: /jobs/{id}` header and the job
-body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled`, then download
-`GET /jobs/{id}/result`. Errors are RFC 9457 `application/problem+json`.
+body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled` (or follow
+`GET /jobs/{id}/events`, a stream of Server-Sent Events), then download `GET /jobs/{id}/result`.
+Errors are RFC 9457 `application/problem+json`.
 """
 
 
@@ -34,18 +36,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+        app.state.events = EventHub(settings, app.state.redis)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         try:
             yield
         finally:
+            await app.state.events.close()
             app.state.redis.close()
 
-    app = FastAPI(title="Diffusion inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Diffusion inference service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
     app.dependency_overrides[get_settings] = lambda: settings
     install_problem_handlers(app)
     _limit_body_size(app, settings)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(operations.router(settings))
     return app
 
