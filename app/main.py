@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from redis import Redis
 
+from app.docs import install_docs
 from app.events import EventHub
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.dependency_overrides[get_settings] = lambda: settings
     install_problem_handlers(app)
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(operations.router(settings))
+    install_docs(app)
     return app
 
 
