@@ -2,7 +2,10 @@
 
 The JavaScript and CSS come from the ``fastapi-offline`` package (Swagger UI and ReDoc bundles, MIT, with
 their licences in that package), mounted at ``/docs-assets``; the pages are FastAPI's own, pointed there
-and without Google Fonts, so the docs work on a host without internet access.
+and without Google Fonts, so the docs work on a host without internet access. Two requests the bundles
+would still make elsewhere are removed: Swagger UI's validator badge (``validatorUrl: null``) and the
+Redocly logo that ReDoc's sidebar loads from its CDN (served with our favicon instead; the browser test
+checks that neither page asks any other host for anything).
 """
 
 from __future__ import annotations
@@ -12,16 +15,25 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
 ASSETS = Path(str(files("fastapi_offline") / "static"))
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 def install_docs(app: FastAPI) -> None:
     """Add ``/docs``, its OAuth2 redirect page and ``/redoc`` (create the app with docs_url=redoc_url=None)."""
-    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
+    redoc_js = (
+        (ASSETS / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO.encode(), f"{ASSETS_URL}/favicon.png".encode())
+    )
+
+    @app.get(f"{ASSETS_URL}/redoc.standalone.js", include_in_schema=False)
+    def redoc_bundle() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")  # after the route above
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
@@ -34,7 +46,7 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=app.swagger_ui_parameters,
+            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
         )
 
     @app.get(redirect_url, include_in_schema=False)
