@@ -17,6 +17,7 @@ from app.docs import install_docs
 from app.events import EventHub
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
+from app.routers.studio import install_studio
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ Diffusion-based image editing (DeepFloyd IF) and MNIST flow-matching generation.
 Every generating endpoint answers **202 Accepted** with a `Location: /jobs/{id}` header and the job
 body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled` (or follow
 `GET /jobs/{id}/events`, a stream of Server-Sent Events), then download `GET /jobs/{id}/result`.
-Errors are RFC 9457 `application/problem+json`.
+Errors are RFC 9457 `application/problem+json`. A browser studio for every operation is at `/`.
 """
 
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(operations.router(settings))
     install_docs(app)
+    install_studio(app)
     return app
 
 
