@@ -2,9 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup lint test run postman worker api clean
+.PHONY: setup lint test run postman screenshot worker api clean
 
-setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, newman)
+setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, chromium, newman)
 	bash scripts/setup.sh
 
 lint:             ## static checks: ruff (lint + format), mypy (strict for core, app, workers), import contracts
@@ -21,6 +21,9 @@ run:              ## start Redis (if none answers at REDIS_URL), the API and one
 
 postman:          ## run the Postman collection with newman against a fresh service (tiny IF pipeline)
 	bash scripts/postman.sh
+
+screenshot:       ## retake docs/studio.png (the README's screenshot) with the browser test
+	STUDIO_SCREENSHOT=$(CURDIR)/docs/studio.png $(PY) -m pytest -q tests/browser -k inpaint
 
 api:
 	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}

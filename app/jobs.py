@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 
 from app.problems import Problem
 from app.schemas import JobBody, OperationState, Progress
-from core import storage
+from core import events, storage
 from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
 from core.protocol import (
     JobState,
@@ -185,6 +185,8 @@ def submit(
         folder = storage.job_dir(settings.results_dir, job_id) / storage.INPUTS
         for name, data in uploads.items():
             storage.write_bytes_atomic(folder / name, data)
+        # before the enqueue, so that it precedes whatever the worker publishes
+        publish_event(redis, settings, job_id, "status", {"status": JobState.queued.value})
         now = datetime.now(UTC)
         job = queue.enqueue_call(
             func=op.job,
@@ -308,3 +310,16 @@ def cancel(redis: Redis, job: Job, settings: Settings) -> None:
             job.save_meta()
     job.refresh()
     job.__dict__.pop("_svc_result", None)
+    if state_of(job).terminal:  # canceled while queued: no worker will say so
+        publish_done(redis, Queue(settings.queue_name, connection=redis), settings, job)
+
+
+def publish_event(redis: Redis, settings: Settings, job_id: str, event: str, data: dict[str, Any]) -> None:
+    """Append one event to the job's event stream (``core.events``); expires with the job's results."""
+    events.publish(redis, job_id, event, data, ttl_s=settings.result_ttl_s)
+
+
+def publish_done(redis: Redis, queue: Queue, settings: Settings, job: Job) -> None:
+    """The terminal event of a terminal job: its body as ``GET /jobs/{id}`` shows it (a no-op once published)."""
+    body = view(job, redis, queue)
+    publish_event(redis, settings, job.id, "done", body.model_dump(mode="json"))

@@ -16,8 +16,11 @@ from rq import Queue
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.docs import install_docs
+from app.events import EventHub
 from app.problems import Problem, install_problem_handlers, problem_response
-from app.routers import health, jobs, operations
+from app.routers import events, health, jobs, operations
+from app.routers.studio import install_studio
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,9 @@ DESCRIPTION = """
 Diffusion-based image editing (DeepFloyd IF) and MNIST flow-matching generation.
 
 Every generating endpoint answers **202 Accepted** with a `Location: /jobs/{id}` header and the job
-body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled`, then download
-`GET /jobs/{id}/result`. Errors are RFC 9457 `application/problem+json`.
+body; poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `canceled` (or follow
+`GET /jobs/{id}/events`, a stream of Server-Sent Events), then download `GET /jobs/{id}/result`.
+Errors are RFC 9457 `application/problem+json`. A browser studio for every operation is at `/`.
 """
 
 
@@ -38,19 +42,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
         app.state.queue = Queue(settings.queue_name, connection=app.state.redis)
+        app.state.events = EventHub(settings, app.state.redis)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         try:
             yield
         finally:
+            await app.state.events.close()
             app.state.redis.close()
 
-    app = FastAPI(title="Diffusion inference service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Diffusion inference service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     install_problem_handlers(app)
     _limit_body_size(app, settings)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(operations.router(settings))
+    install_docs(app)
+    install_studio(app)
     return app
 
 

@@ -102,6 +102,21 @@ class OperationParams(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="same seed, same PNG; omitted = a random one", examples=[42]
     )
+    # Opt-in extras, left out of the job's recorded parameters while off (exclude_if), so that a request
+    # without them reads as before.
+    previews: bool = Field(
+        False,
+        exclude_if=lambda on: not on,
+        description="write a small PNG of the current clean-image estimate every PREVIEW_EVERY steps, "
+        "announced on GET /jobs/{id}/events",
+        examples=[False],
+    )
+    trajectory: bool = Field(
+        False,
+        exclude_if=lambda on: not on,
+        description="add trajectory.gif and trajectory.png (a strip) of those estimates to the results",
+        examples=[False],
+    )
 
     @classmethod
     def bounded(cls, settings: Settings) -> type[Self]:
@@ -298,6 +313,8 @@ class Operation:
         params: the parameter model.
         uploads: image files of a form operation.
         summary, description: for the OpenAPI document.
+        value_range: the range of its images as tensors (previews and trajectories are encoded from it):
+            (-1, 1) for DeepFloyd, (0, 1) for MNIST.
     """
 
     name: str
@@ -308,6 +325,7 @@ class Operation:
     description: str = ""
     uploads: tuple[Upload, ...] = ()
     tag: str = "deepfloyd"
+    value_range: tuple[float, float] = (-1.0, 1.0)
 
     JOB_MODULE: ClassVar[str] = "workers.jobs"
 
@@ -337,6 +355,7 @@ OPERATIONS: dict[str, Operation] = {
             "guidance; without it, the time-conditioned model draws `n` unguided digits. The result is one "
             "PNG grid: white digits on black, 28x28 tiles without padding, row-major, min(n, 10) columns.",
             tag="mnist",
+            value_range=(0.0, 1.0),
         ),
         Operation("if_sample", "/sample", "form", IfSample, "Text to image (stage I, optional stage II)"),
         Operation(

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     if_text_encoder_device: str | None = Field(None, description="where T5 runs; default the worker device")
     if_embedding_cache_dir: Path | None = None
 
+    # --- events and previews ---------------------------------------------------------------
+    preview_every: int = Field(
+        5, ge=1, description="steps between two previews (and trajectory frames) of a job run with previews=true"
+    )
+    events_keepalive_s: float = Field(
+        15,
+        gt=0,
+        le=300,
+        description="keep-alive comment interval of /jobs/{id}/events; listened jobs are reconciled this often",
+    )
+    events_max_listeners: int = Field(1000, ge=1, description="open event streams per API process; beyond: 503")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("if_enabled", "batching", mode="before")

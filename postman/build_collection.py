@@ -118,6 +118,59 @@ def job_folder(
     }
 
 
+def events_folder() -> dict[str, Any]:
+    """A job with previews and a trajectory, then its event stream (replayed in full once the job is done,
+    ending with its ``done`` event) and one preview it announced."""
+    folder = job_folder(
+        "Events and previews",
+        "/mnist/sample",
+        query={"digit": "4", "n": "4", "steps": "20", "seed": "3", "previews": "true", "trajectory": "true"},
+        description="a job with previews (every PREVIEW_EVERY steps) and trajectory.gif / trajectory.png",
+    )
+    folder["item"].append(
+        {
+            "name": "Events and previews: event stream",
+            "request": {"method": "GET", "header": _headers(), "url": _url("/jobs/{{jobId}}/events")},
+            "event": _script(
+                [
+                    "pm.test('200 text/event-stream ending with done', () => {",
+                    "  pm.response.to.have.status(200);",
+                    "  pm.expect(pm.response.headers.get('Content-Type')).to.include('text/event-stream');",
+                    "  const text = pm.response.text();",
+                    "  pm.expect(text).to.include('event: status');",
+                    "  pm.expect(text).to.include('event: progress');",
+                    "  const done = text.split('event: done')[1];",
+                    '  pm.expect(done).to.include(\'"status":"succeeded"\');',
+                    "  pm.expect(done).to.include('trajectory.gif');",
+                    "});",
+                    'const previews = [...pm.response.text().matchAll(/"name":"(\\d+\\.png)"/g)];',
+                    "pm.test('previews announced', () => pm.expect(previews.length).to.be.above(0));",
+                    "if (previews.length) pm.environment.set('previewName', previews[previews.length - 1][1]);",
+                ]
+            ),
+        }
+    )
+    folder["item"].append(
+        {
+            "name": "Events and previews: preview",
+            "request": {
+                "method": "GET",
+                "header": _headers(),
+                "url": _url("/jobs/{{jobId}}/previews/{{previewName}}"),
+            },
+            "event": _script(
+                [
+                    "pm.test('200 image/png', () => {",
+                    "  pm.response.to.have.status(200);",
+                    "  pm.expect(pm.response.headers.get('Content-Type')).to.eql('image/png');",
+                    "});",
+                ]
+            ),
+        }
+    )
+    return folder
+
+
 def problem_request(
     name: str,
     method: str,
@@ -249,6 +302,7 @@ def collection() -> dict[str, Any]:
             files={"image": "photo.png"},
             description="noise to t=500, then denoise iteratively",
         ),
+        events_folder(),
         {
             "name": "Errors",
             "item": [

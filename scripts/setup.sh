@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One-shot setup on a fresh Debian machine: system packages, the virtualenv, Python and npm deps.
+# Debian's chromium is for the browser tests (tests/browser, driven by Playwright's Python package; no
+# `playwright install`, which would download a browser build of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,6 +19,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get"
   apt_install "${missing[@]}"
@@ -32,4 +35,4 @@ fi
 if [ -f package.json ]; then
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; else npm install --no-audit --no-fund --silent; fi
 fi
-echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3))"
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3), $(chromium --version 2>/dev/null | cut -d' ' -f1-2))"

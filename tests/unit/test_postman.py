@@ -36,7 +36,7 @@ def test_collection_covers_every_endpoint_and_its_files_exist() -> None:
     for item in requests:
         req = item["request"]
         path = "/" + "/".join(req["url"]["path"])
-        covered.add((req["method"], path.replace("{{jobId}}", "{job_id}")))
+        covered.add((req["method"], path.replace("{{jobId}}", "{job_id}").replace("{{previewName}}", "{name}")))
         for field in req.get("body", {}).get("formdata", []):
             if field["type"] == "file":
                 assert (ROOT / "postman" / field["src"]).is_file()

@@ -1,0 +1,319 @@
+"""Live job events for ``GET /jobs/{id}/events``: one hub per API process fans the events out to its listeners.
+
+The events of a job live in its Redis stream (``core.events``); each is also announced on one pub/sub channel.
+The hub holds the process's one subscription to that channel and hands each event to the listeners of its
+job; a listener first reads the job's stream after its ``Last-Event-ID`` (the backlog), then takes the live
+events, skipping any it has already sent (the stream id orders them), so nothing is lost or repeated.
+
+The API publishes the terminal ``done`` event from the job's real status (so that ``GET /jobs/{id}`` and
+the result URLs already answer when a client gets it): when a listener connects, when a worker announces
+that it left a job (a short series of checks, until RQ has stored the outcome), and on every keep-alive
+tick for every job that has listeners here, which also catches the ends no worker announces (a job
+timeout, a worker killed with -9 and its job failed or retried by RQ's cleanup). ``queue`` events (the
+position of a queued job) are sent to listeners only, when a job starts or ends and on each tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from redis import Redis
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from sse_starlette import ServerSentEvent
+
+from app import jobs
+from core import events
+from core.events import Event
+from core.protocol import JobState
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LISTENER_QUEUE = 1000  # events buffered per listener; a slower client is re-synced from the stream
+SETTLE_DELAYS_S = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # checks after a worker left a job
+RETRY = 1000  # ms: how soon an EventSource reconnects
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESYNC = _Signal("RESYNC")  # read the stream again from the last event sent (lost messages, a full buffer)
+GONE = _Signal("GONE")  # the job no longer exists: end the stream
+
+
+@dataclass(eq=False)
+class Listener:
+    """One open event stream: the events of ``job_id`` that the hub hands over, in order."""
+
+    job_id: str
+    items: asyncio.Queue[Event | _Signal] = field(default_factory=lambda: asyncio.Queue(LISTENER_QUEUE))
+
+    def put(self, item: Event | _Signal) -> None:
+        try:
+            self.items.put_nowait(item)
+        except asyncio.QueueFull:  # drop the buffer; the stream has every stored event
+            while not self.items.empty():
+                self.items.get_nowait()
+            self.items.put_nowait(RESYNC)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A job's real status as the hub last looked it up."""
+
+    state: JobState | None  # None: the job no longer exists
+    position: int | None = None
+
+
+def reconcile(redis: Redis, queue: Queue, settings: Settings, job_id: str) -> Snapshot:
+    """Publish what the job's stream lacks against its real status (blocking: run it in a thread): ``done``
+    once the job is terminal, ``status: queued`` when RQ put a running job back in the queue (a retry after
+    its worker died)."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return Snapshot(None)
+    state = jobs.state_of(job)
+    if state.terminal:
+        jobs.publish_done(redis, queue, settings, job)
+    elif state is JobState.queued:
+        published = redis.get(events.state_key(job_id))
+        if isinstance(published, bytes) and published.startswith(b"running"):
+            jobs.publish_event(redis, settings, job_id, "status", {"status": JobState.queued.value})
+        return Snapshot(state, queue.get_job_position(job_id))
+    return Snapshot(state)
+
+
+class EventHub:
+    """The API process's one subscription to the event channel and its listeners (see the module docstring).
+
+    Created by the app's lifespan; it connects when the first listener arrives and reconnects on its own
+    (re-syncing every listener from the streams)."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.queue = Queue(settings.queue_name, connection=redis)
+        self.aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        self.listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._positions: dict[str, int | None] = {}
+        self._ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        self._refreshing = False
+        self._refresh_again = False
+
+    # -- life cycle -------------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ready(self, timeout: float = 5.0) -> bool:
+        """Start the hub (once) and wait until it is subscribed; False if Redis does not answer in time."""
+        if not self._running:
+            self._running = True
+            self._spawn(self._read())
+            self._spawn(self._tick())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self._ready.is_set()
+
+    async def close(self) -> None:
+        self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.aredis.aclose()
+
+    @property
+    def count(self) -> int:
+        return sum(len(group) for group in self.listeners.values())
+
+    def add(self, job_id: str) -> Listener:
+        listener = Listener(job_id)
+        self.listeners[job_id].add(listener)
+        return listener
+
+    def remove(self, listener: Listener) -> None:
+        group = self.listeners.get(listener.job_id)
+        if group is None:
+            return
+        group.discard(listener)
+        if not group:
+            del self.listeners[listener.job_id]
+            self._positions.pop(listener.job_id, None)
+
+    # -- the subscription ---------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        delay = 0.1
+        first = True
+        while self._running:
+            pubsub = self.aredis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(events.CHANNEL)
+                self._ready.set()
+                if not first:  # messages may have been lost while disconnected
+                    for group in self.listeners.values():
+                        for listener in group:
+                            listener.put(RESYNC)
+                first, delay = False, 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        event = events.parse_message(message["data"])
+                        if event is not None:
+                            self._dispatch(event)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._ready.clear()
+                log.warning("event subscription lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, event: Event) -> None:
+        group = self.listeners.get(event.job_id)
+        if event.event == events.ENDED:
+            if group:
+                self._spawn(self._settle(event.job_id))
+            return
+        for listener in group or ():
+            listener.put(event)
+        if event.event in ("status", "done") and any(p is not None for p in self._positions.values()):
+            self._spawn(self._refresh_positions())  # a job started or ended: queued jobs moved up
+
+    # -- reconciliation -----------------------------------------------------------------------------------
+    async def check(self, job_id: str) -> Snapshot:
+        """Reconcile one job (in a thread) and send a changed queue position to its listeners."""
+        snapshot = await anyio.to_thread.run_sync(reconcile, self.redis, self.queue, self.settings, job_id)
+        self._apply(job_id, snapshot)
+        return snapshot
+
+    def _apply(self, job_id: str, snapshot: Snapshot) -> None:
+        group = self.listeners.get(job_id)
+        if not group:
+            return
+        if snapshot.state is None:
+            for listener in group:
+                listener.put(GONE)
+            return
+        if self._positions.get(job_id) != snapshot.position:
+            self._positions[job_id] = snapshot.position
+            if snapshot.position is not None:
+                queued = Event(job_id, None, "queue", {"position": snapshot.position})
+                for listener in group:
+                    listener.put(queued)
+
+    async def _settle(self, job_id: str) -> None:
+        """A worker left the job: publish ``done`` as soon as RQ has stored its outcome."""
+        for delay in SETTLE_DELAYS_S:
+            await asyncio.sleep(delay)
+            if job_id not in self.listeners:
+                return
+            try:
+                snapshot = await self.check(job_id)
+            except RedisError:
+                return  # the tick will try again
+            if snapshot.state is None or snapshot.state is not JobState.running:
+                return
+
+    async def _refresh_positions(self) -> None:
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        try:
+            while True:
+                self._refresh_again = False
+                for job_id in [j for j, p in self._positions.items() if p is not None]:
+                    await self.check(job_id)
+                if not self._refresh_again:
+                    return
+        except RedisError as exc:
+            log.warning("could not refresh queue positions: %s", exc)
+        finally:
+            self._refreshing = False
+
+    async def _tick(self) -> None:
+        while self._running:
+            await asyncio.sleep(self.settings.events_keepalive_s)
+            for job_id in list(self.listeners):
+                try:
+                    await self.check(job_id)
+                except RedisError as exc:
+                    log.warning("could not reconcile job %s: %s", job_id, exc)
+                    break
+
+    # -- one stream -----------------------------------------------------------------------------------------
+    async def backlog(self, job_id: str, after: str | None) -> list[Event]:
+        """The stored events of a job after the id ``after`` (all of them for None)."""
+        entries = await self.aredis.xrange(events.stream_key(job_id), min=f"({after}" if after else "-", max="+")
+        return [
+            events.parse_entry(job_id, stream_id, fields) for stream_id, fields in entries or () if stream_id and fields
+        ]
+
+    async def stream(
+        self, listener: Listener, last_event_id: str | None, first: Snapshot
+    ) -> AsyncIterator[ServerSentEvent]:
+        """The events of one listener, ending after ``done`` (or when the job is gone)."""
+        last = last_event_id
+        try:
+            yield ServerSentEvent(comment=f"events of job {listener.job_id}", retry=RETRY)
+            if first.position is not None:
+                yield _sse(Event(listener.job_id, None, "queue", {"position": first.position}))
+            for event in await self.backlog(listener.job_id, last):
+                yield _sse(event)
+                last = event.id
+                if event.terminal:
+                    return
+            if first.state is not None and first.state.terminal:
+                return  # its done event is stored (check published it) and the client had it already
+            while True:
+                item = await listener.items.get()
+                if item is GONE:
+                    return
+                if item is RESYNC:
+                    for event in await self.backlog(listener.job_id, last):
+                        yield _sse(event)
+                        last = event.id
+                        if event.terminal:
+                            return
+                    continue
+                assert isinstance(item, Event)
+                if item.id is None:
+                    yield _sse(item)
+                    continue
+                if last is not None and events.stream_id_order(item.id) <= events.stream_id_order(last):
+                    continue  # already sent from the backlog
+                yield _sse(item)
+                last = item.id
+                if item.terminal:
+                    return
+        finally:
+            self.remove(listener)
+
+
+def _sse(event: Event) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(event.data, separators=(",", ":")), event=event.event, id=event.id)
