@@ -249,7 +249,7 @@ def accelerate_if(registry: ModelRegistry, settings: Settings) -> None:
 
     loaded = [registry.models[name] for name in ("if_stage1", "if_stage2") if name in registry.models]
     options = fast_options(settings)
-    if not loaded or not options.enabled:
+    if not loaded:
         return
     try:
         report = accelerate([m.model for m in loaded], options, warmup_timeout_s=settings.if_warmup_timeout_s)
@@ -261,6 +261,12 @@ def accelerate_if(registry: ModelRegistry, settings: Settings) -> None:
             settings.if_attention,
             exc,
         )
-        info = {**options.describe(), "active": False, "warmup_s": 0.0, "reason": f"refused: {exc}"}
+        info = {
+            **options.describe(),
+            "active": False,
+            "warmup_s": 0.0,
+            "warmup_per_unet_s": [],
+            "reason": f"refused: {exc}",
+        }
     for m in loaded:
         m.info["fast_path"] = info

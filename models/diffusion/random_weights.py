@@ -110,6 +110,7 @@ def build_random_t5_encoder(
     with torch.device("meta"):
         encoder = T5EncoderModel(t5_config)
     encoder = encoder.to(dtype=dtype).to_empty(device=device)
+    encoder.set_input_embeddings(encoder.shared)  # to_empty gives the tied token embeddings a tensor each: re-tie
     init_in_place(encoder, torch.Generator(device=device).manual_seed(seed))
     return encoder.eval().requires_grad_(False)
 

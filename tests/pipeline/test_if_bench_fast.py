@@ -183,3 +183,4 @@ def test_random_t5_encoder_is_seeded_and_shaped() -> None:
     assert out.shape == (1, 5, 32) and torch.isfinite(out).all() and not a.training
     assert torch.equal(out, b(ids, attention_mask=(ids > 0).long())[0])
     assert all(not p.requires_grad for p in a.parameters())
+    assert a.encoder.embed_tokens.weight is a.shared.weight  # tied, as in T5

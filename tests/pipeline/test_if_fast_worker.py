@@ -58,3 +58,22 @@ def test_worker_falls_back_to_eager_past_the_warm_up_bound(
     assert not isinstance(registry.get("if_stage1").unet, FastUNet)
     assert len(_fast_records(caplog)) == 1
     torch._dynamo.reset()
+
+
+def test_worker_publishes_an_eager_fast_path_when_it_is_off(tiny_if: dict[str, str]) -> None:
+    from workers.registry import ModelRegistry, load_if
+
+    registry = ModelRegistry(device=torch.device("cpu"))
+    load_if(registry, worker_settings(tiny_if))
+    info = registry.describe()["models"]["if_stage1"]["fast_path"]
+    assert info == {
+        "compile": "off",
+        "channels_last": False,
+        "attention": "auto",
+        "buckets": [2, 4, 8, 16, 32],
+        "active": False,
+        "warmup_s": 0.0,
+        "warmup_per_unet_s": [],
+        "reason": None,
+    }
+    assert not isinstance(registry.get("if_stage2").unet, FastUNet)
