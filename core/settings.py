@@ -8,12 +8,13 @@ Torch-free: the API process imports it too.
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = PROJECT_ROOT / "models" / "checkpoints"
@@ -71,6 +72,50 @@ class Settings(BaseSettings):
     if_variant: str = Field("auto", description="'auto' = fp16 on CUDA, none on CPU")
     if_text_encoder_device: str | None = Field(None, description="where T5 runs; default the worker device")
     if_embedding_cache_dir: Path | None = None
+    # the fast path of the IF UNets (models/diffusion/fast.py)
+    if_compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off",
+        description="torch.compile of the IF UNets: 'off' (eager), 'default', 'reduce-overhead' (+ one CUDA graph "
+        "per batch bucket; CUDA only), 'max-autotune' (autotuned kernels + CUDA graphs; CUDA only)",
+    )
+    if_channels_last: bool = Field(False, description="run the IF UNets in channels-last (NHWC) layout")
+    if_attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
+        "auto", description="scaled-dot-product attention kernel of the IF UNets ('efficient', 'cudnn': CUDA only)"
+    )
+    if_batch_buckets: Annotated[tuple[int, ...], NoDecode] = Field(
+        (2, 4, 8, 16, 32), description="UNet batch sizes compiled and captured; a call is padded to the next one"
+    )
+    if_warmup_timeout_s: float = Field(
+        420, gt=0, description="bound on compiling and capturing at start; past it the IF UNets run eagerly"
+    )
+    if_text_encoder_8bit: bool = Field(False, description="load T5 in 8-bit on the GPU (needs bitsandbytes)")
+
+    @field_validator("if_batch_buckets", mode="before")
+    @classmethod
+    def _bucket_list(cls, value: object) -> object:
+        """Accept "2,4,8" (or spaces, or a JSON list) from the environment."""
+        if isinstance(value, str):
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return tuple(part for part in text.replace(",", " ").split() if part)
+        return value
+
+    @field_validator("if_batch_buckets")
+    @classmethod
+    def _buckets_increase(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("give at least one batch bucket, e.g. 2,4,8,16,32")
+        if value[0] < 1 or value[-1] > 1024 or any(a >= b for a, b in itertools.pairwise(value)):
+            raise ValueError(f"batch buckets must be strictly increasing integers in 1..1024, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _t5_placement(self) -> Settings:
+        if self.if_text_encoder_8bit and self.if_text_encoder_device in ("cpu", "offload"):
+            raise ValueError(
+                f"IF_TEXT_ENCODER_8BIT=true keeps T5 on the GPU in 8-bit, but IF_TEXT_ENCODER_DEVICE="
+                f"{self.if_text_encoder_device} moves it to the CPU: choose one placement"
+            )
+        return self
 
     # --- events and previews ---------------------------------------------------------------
     preview_every: int = Field(
@@ -85,6 +130,12 @@ class Settings(BaseSettings):
     events_max_listeners: int = Field(1000, ge=1, description="open event streams per API process; beyond: 503")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("api_key", "if_stage2_model", "if_text_encoder_device", "if_embedding_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``NAME=`` (as in a copy of .env.example) means unset, not an empty string or the path ``.``."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("if_enabled", "batching", mode="before")
     @classmethod

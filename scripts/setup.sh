@@ -20,6 +20,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# torch.compile's CPU backend (IF_COMPILE=default on a CPU worker, the fast-path tests) builds C++ kernels
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+python3 -c "import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+  >/dev/null 2>&1 || missing+=(python3-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get"
   apt_install "${missing[@]}"

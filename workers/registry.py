@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from core.operations import IF_UPSCALE, OPERATIONS
 from core.settings import Settings
 from models.driver import Runner
 from workers.cancellation import CancelWatch
+
+if TYPE_CHECKING:
+    from models.diffusion.fast import FastOptions
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +205,8 @@ def build_registry(settings: Settings) -> ModelRegistry:
 
 
 def load_if(registry: ModelRegistry, settings: Settings) -> None:
-    """DeepFloyd IF stage I (and optionally stage II), resident for the life of the process."""
+    """DeepFloyd IF stage I (and optionally stage II), resident for the life of the process, then the fast path
+    of their UNets (``IF_COMPILE`` and friends) warmed up before the worker reports ready."""
     from models.diffusion import engine as if_engine
 
     try:
@@ -212,6 +216,7 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
             device=registry.device,
             variant=settings.if_variant,
             text_encoder_device=settings.if_text_encoder_device,
+            text_encoder_8bit=settings.if_text_encoder_8bit,
             embedding_cache_dir=str(settings.if_embedding_cache_dir) if settings.if_embedding_cache_dir else None,
         )
         registry.models["if_stage1"] = LoadedModel(
@@ -226,15 +231,59 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
         return
     if not settings.if_stage2_model:
         registry.disabled[IF_UPSCALE] = "no stage-II model is configured (IF_STAGE2_MODEL is empty)"
+    else:
+        try:
+            t0 = time.perf_counter()
+            stage2 = if_engine.load_stage2(
+                settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
+            )
+            registry.models["if_stage2"] = LoadedModel(
+                stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
+            registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
+            log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)
+    accelerate_if(registry, settings)
+
+
+def fast_options(settings: Settings) -> FastOptions:
+    """The IF UNets' fast path as the settings ask for it."""
+    from models.diffusion.fast import FastOptions
+
+    return FastOptions(
+        compile=settings.if_compile,
+        channels_last=settings.if_channels_last,
+        attention=settings.if_attention,
+        buckets=settings.if_batch_buckets,
+    )
+
+
+def accelerate_if(registry: ModelRegistry, settings: Settings) -> None:
+    """Wrap and warm up the loaded IF UNets (stage I, then stage II) and publish the outcome as each model's
+    ``fast_path`` info. A mode this device cannot run is refused in one log line and IF is served eagerly; a
+    warm-up past IF_WARMUP_TIMEOUT_S or a failed one falls back to eager (``accelerate`` logs that line)."""
+    from models.diffusion.fast import FastPathRefused, accelerate
+
+    loaded = [registry.models[name] for name in ("if_stage1", "if_stage2") if name in registry.models]
+    options = fast_options(settings)
+    if not loaded:
         return
     try:
-        t0 = time.perf_counter()
-        stage2 = if_engine.load_stage2(
-            settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
+        report = accelerate([m.model for m in loaded], options, warmup_timeout_s=settings.if_warmup_timeout_s)
+        info = report.describe()
+    except FastPathRefused as exc:
+        log.error(
+            "IF fast path refused (IF_COMPILE=%s, IF_ATTENTION=%s): %s; serving DeepFloyd IF eagerly",
+            settings.if_compile,
+            settings.if_attention,
+            exc,
         )
-        registry.models["if_stage2"] = LoadedModel(
-            stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
-        )
-    except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
-        registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"
-        log.error("could not load DeepFloyd IF stage II (%s): %s", settings.if_stage2_model, exc)
+        info = {
+            **options.describe(),
+            "active": False,
+            "warmup_s": 0.0,
+            "warmup_per_unet_s": [],
+            "reason": f"refused: {exc}",
+        }
+    for m in loaded:
+        m.info["fast_path"] = info

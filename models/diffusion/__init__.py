@@ -2,7 +2,8 @@
 
 Modules (imports point down): ``schedule`` (DDPM math) <- ``loop`` (the one denoising loop) <- ``views``,
 ``filters``, ``guidance`` (noise-prediction strategies) <- ``adapter``, ``text``, ``engine`` (loading) <-
-``ops`` (the operations); ``tiny`` builds random-weight test pipelines (import it from ``models.diffusion.tiny``: it is also a command line); ``random_weights`` builds the real
+``ops`` (the operations); ``fast`` puts the UNets behind ``torch.compile`` and CUDA graphs over batch buckets
+(``FastUNet``, ``accelerate``); ``tiny`` builds random-weight test pipelines (import it from ``models.diffusion.tiny``: it is also a command line); ``random_weights`` builds the real
 architectures with random weights from their public configs; ``cli`` is the command line.
 Importing this package does not import diffusers or transformers (they load with the models).
 """
@@ -13,10 +14,12 @@ from .engine import (
     IFEngine,
     ModelUnavailableError,
     Stage2Engine,
+    load_prompt_encoder,
     load_stage1,
     load_stage2,
     resolve_precision,
 )
+from .fast import FastOptions, FastPathRefused, FastReport, FastUNet, accelerate
 from .filters import GaussianBlur, gaussian_blur, high_pass
 from .guidance import Anagram, ClassifierFree, Hybrid, cfg_combine
 from .loop import NoisePrediction, iterative_denoise
@@ -45,6 +48,10 @@ __all__ = [
     "DDPMSchedule",
     "DenoiseMethod",
     "DenoiseResult",
+    "FastOptions",
+    "FastPathRefused",
+    "FastReport",
+    "FastUNet",
     "GaussianBlur",
     "Hybrid",
     "IFEngine",
@@ -53,6 +60,7 @@ __all__ = [
     "Stage2Engine",
     "StridedTimesteps",
     "View",
+    "accelerate",
     "anagram",
     "center_crop_resize",
     "cfg_combine",
@@ -64,6 +72,7 @@ __all__ = [
     "hybrid",
     "inpaint",
     "iterative_denoise",
+    "load_prompt_encoder",
     "load_stage1",
     "load_stage2",
     "resolve_precision",

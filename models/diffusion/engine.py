@@ -41,6 +41,7 @@ __all__ = [
     "IFEngine",
     "ModelUnavailableError",
     "Stage2Engine",
+    "load_prompt_encoder",
     "load_stage1",
     "load_stage2",
     "resolve_precision",
@@ -269,9 +270,13 @@ def _unet_kwargs(dtype: torch.dtype, variant: str | None) -> dict[str, Any]:
 
 def _local_variant(src: _Source, variant: str | None) -> str | None:
     """Use the default weight files of a local directory that has no files of ``variant``."""
+    return _local_variant_of(src, "unet", variant)
+
+
+def _local_variant_of(src: _Source, subfolder: str, variant: str | None) -> str | None:
     if variant is None or not Path(src.model).is_dir():
         return variant
-    if any((Path(src.model) / "unet").glob(f"*.{variant}.*")):
+    if any((Path(src.model) / subfolder).glob(f"*.{variant}.*")):
         return variant
     logger.info("%s has no %s weight files; loading its default weights", src.model, variant)
     return None
@@ -348,6 +353,38 @@ def _load_text(
         encoder.to(te_device)
     text = T5PromptEncoder(tokenizer, encoder, offload_to=offload_to)
     return text, EmbeddingCache(text, namespace=f"{src.model}|{text.text_encoder.dtype}", cache_dir=embedding_cache_dir)
+
+
+def load_prompt_encoder(
+    model: str | os.PathLike[str] = DEFAULT_STAGE1_MODEL,
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype | None = None,
+    variant: str | None = "auto",
+    text_encoder_device: str | torch.device | None = None,
+    text_encoder_8bit: bool = False,
+    embedding_cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+) -> tuple[T5PromptEncoder, EmbeddingCache]:
+    """The T5 prompt encoder of a stage-I model (``tokenizer/`` and ``text_encoder/``) placed as ``load_stage1``
+    places it, and its embedding cache, without the UNet (benchmarks of the T5 placements).
+
+    The placements: on ``device`` in ``dtype`` (``text_encoder_device=None``); 8-bit on ``device``
+    (``text_encoder_8bit=True``: CUDA and bitsandbytes); on the CPU (``"cpu"``, bfloat16 for a float16 dtype);
+    kept on the CPU and moved to ``device`` per encode (``"offload"``).
+    """
+    device = torch.device(device)
+    dtype, variant = resolve_precision(device, dtype, variant)
+    src = _source(model, "stage-I", "IF_STAGE1_MODEL", local_files_only)
+    return _load_text(
+        src,
+        device=device,
+        dtype=dtype,
+        variant=_local_variant_of(src, "text_encoder", variant),
+        text_encoder_device=text_encoder_device,
+        text_encoder_8bit=text_encoder_8bit,
+        embedding_cache_dir=embedding_cache_dir,
+    )
 
 
 def load_stage1(
