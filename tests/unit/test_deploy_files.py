@@ -92,3 +92,16 @@ def test_each_image_installs_its_extra() -> None:
     assert 'pip install ".[api]"' in text.split("AS api")[1]
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not any(name.startswith(("torch", "diffusers", "transformers")) for name in extras["api"])
+
+
+def test_a_copy_of_env_example_gives_the_defaults(monkeypatch) -> None:
+    """`cp .env.example .env` must change nothing (an empty NAME= is unset, not an empty string)."""
+    monkeypatch.chdir(ROOT)
+    for name in FIELDS:
+        monkeypatch.delenv(name, raising=False)
+    example, default = Settings(_env_file=ROOT / ".env.example"), Settings(_env_file=None)
+    for name in Settings.model_fields:
+        a, b = getattr(example, name), getattr(default, name)
+        if isinstance(b, Path):
+            a, b = (ROOT / a).resolve(), b.resolve()
+        assert a == b, name
