@@ -9,9 +9,11 @@
 #             and stage II in each mode; every operation eager and with reduce-overhead
 #   t5        bench_if.py --t5 gpu 8bit cpu: IF's T5-XXL (random weights, built on the GPU) in each placement,
 #             its encode times and the peak memory of a request
+#   batching  bench_batching.py: IF-I-XL per-image step cost at 2..32 rows with per-row timesteps, and a mix of
+#             every operation one by one against all at once through the worker's batcher (bench_batching.txt)
 #   autotune  bench_if.py --modes max-autotune, stage-I buckets, with the time that is left
 # A phase that runs out of time is stopped; bench_if.py rewrites its JSON after each mode, so what it measured
-# stays. Output in $OUT (default bench/out/), five files: nvidia-smi.txt, gpu_tests.txt, gpu_check.log
+# stays. Output in $OUT (default bench/out/), six files: nvidia-smi.txt, gpu_tests.txt, gpu_check.log, bench_batching.txt
 # (everything printed), bench_if.json (every run and the phases) and gpu_table.md (the section for BENCHMARKS.md,
 # also printed last). Exit status: nonzero when a phase failed, timed out or was skipped. Arguments go to every
 # bench_if.py run. ALLOW_CPU=1 runs without CUDA, to check the script itself:
@@ -82,7 +84,7 @@ phase() {
   echo "== $name: $word in $((SECONDS - t0))s" | tee -a "$LOG"
 }
 
-PHASES=" ${GPU_CHECK_PHASES:-tests main t5 autotune} "
+PHASES=" ${GPU_CHECK_PHASES:-tests main t5 batching autotune} "
 wanted() { [[ $PHASES == *" $1 "* ]]; }
 
 if wanted tests; then
@@ -101,6 +103,11 @@ if wanted t5; then
   L=$(limit 150)
   phase t5 "$L" "$PY" bench/bench_if.py --no-ops --t5 gpu 8bit cpu --t5-dir "$RAW/t5" --json "$RAW/t5.json" "$@"
   rm -rf "$RAW/t5"
+fi
+if wanted batching; then
+  L=$(limit 120)
+  phase batching "$L" "$PY" bench/bench_batching.py --repeat 2 --json "$RAW/batching.json"
+  cp "$RAW/batching.txt" "$OUT/bench_batching.txt" 2>/dev/null || true
 fi
 if wanted autotune; then
   L=$(limit 600)
