@@ -101,6 +101,9 @@ def reconcile(redis: Redis, queue: Queue, settings: Settings, job_id: str) -> Sn
     return Snapshot(state)
 
 
+AREDIS_CONNECTIONS = 32
+
+
 class EventHub:
     """The API process's one subscription to the event channel and its listeners (see the module docstring).
 
@@ -111,7 +114,12 @@ class EventHub:
         self.settings = settings
         self.redis = redis
         self.queue = Queue(settings.queue_name, connection=redis)
-        self.aredis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        # A blocking pool: when a terminal event wakes hundreds of listeners at once, their reads wait for one of
+        # AREDIS_CONNECTIONS connections instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=AREDIS_CONNECTIONS, timeout=30, socket_connect_timeout=5
+        )
+        self.aredis = aioredis.Redis(connection_pool=pool)
         self.listeners: dict[str, set[Listener]] = defaultdict(set)
         self._positions: dict[str, int | None] = {}
         self._ready = asyncio.Event()
@@ -311,6 +319,10 @@ class EventHub:
                 last = item.id
                 if item.terminal:
                     return
+        except RedisError as exc:
+            # the response has started: no problem+json any more. End the stream; the client reconnects after
+            # RETRY ms with Last-Event-ID and loses nothing (the events are in the job's stream)
+            log.warning("event stream of job %s ended early: Redis unreachable (%s)", listener.job_id, exc)
         finally:
             self.remove(listener)
 
