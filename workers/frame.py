@@ -194,6 +194,8 @@ class JobFrame(Generic[P]):
             self._left()
 
     def _exit(self, exc: BaseException | None) -> bool:
+        # progress writes queued on the background thread land before the final meta writes below
+        self._publisher.flush()
         if exc is None:
             try:
                 self._write_trajectory()
@@ -309,7 +311,7 @@ class JobFrame(Generic[P]):
             self._last_progress = now
             progress = {"step": step, "total": total} | ({"stage": stage} if stage else {})
             self.job.meta["progress"] = progress
-            self.job.save_meta()
+            self._save_meta_later()
             if last or now - self._last_event >= PROGRESS_EVENT_INTERVAL_S:
                 self._last_event = now
                 self._emit("progress", progress)
@@ -321,6 +323,19 @@ class JobFrame(Generic[P]):
             self._frames.append(frame)
         if self._previews:
             self._send_preview(frame, step, total, stage)
+
+    def _save_meta_later(self) -> None:
+        """``job.save_meta()`` on the background thread: the step callback may run on the batcher's thread,
+        where a Redis round trip per job and step would hold up every job in the batch. The meta is serialized
+        now, so the write stores this step's progress; ``_exit`` flushes before the final writes."""
+        job = self.job
+        assert job is not None
+        key, data, redis = job.key, job.serializer.dumps(job.meta), self.redis
+
+        def write() -> None:
+            redis.hset(key, "meta", data)
+
+        self._publisher.submit(write)
 
     def _to_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W) in the operation's value range -> uint8 (C, H, W) on the CPU (a small copy)."""
