@@ -27,6 +27,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from .inference import FlowNet
 from .unet import FlowUNet
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class _EvalMode:
 
 
 def generate(
-    model: FlowUNet,
+    model: FlowUNet | FlowNet,
     *,
     n: int,
     digits: Sequence[int] | None,
@@ -190,7 +191,9 @@ def generate(
     """Sample ``n`` images by integrating the learned ODE from t = 0 (noise) to t = 1 (data).
 
     Args:
-        model: a "time" or "class" :class:`FlowUNet` (run in eval mode, restored afterwards).
+        model: a "time" or "class" :class:`FlowUNet` (run in eval mode, restored afterwards), or the
+            :class:`~models.flow.inference.FlowNet` that ``prepare_for_inference`` made of one (bf16 /
+            channels-last / folded BN; guided requests then run the encoder once per evaluation).
         n: number of images.
         digits: length-n class labels for the class model (guided with ``guidance``); None for the
             time model (and gives unguided unconditional samples from a class model).
@@ -229,7 +232,10 @@ def generate(
     with _EvalMode(model), torch.no_grad():
         if digits is not None:
             c = F.one_hot(labels.to(device), cfg.num_classes).float()
-            velocity: VelocityFn = ClassifierFreeGuidance(model, c, guidance)
+            if isinstance(model, FlowNet):  # encoder once, decoder on the 2n guided rows
+                velocity: VelocityFn = model.guided_velocity(c, guidance)
+            else:
+                velocity = ClassifierFreeGuidance(model, c, guidance)
         elif cfg.conditioning == "class":
             velocity = TimeVelocity(model, torch.zeros((n, cfg.num_classes), device=device))
         else:
