@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX; float32 elsewhere, with a warning)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU; slower on a small CPU)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--init", help="start from this checkpoint's weights (same architecture) instead of random")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> Path:
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
         pure_noise=args.pure_noise, p_uncond=args.p_uncond, time_density=args.time_density,
         t_loc=args.t_loc, t_scale=args.t_scale, ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup,
-        seed=args.seed, bf16=args.bf16, channels_last=args.channels_last, max_steps=args.max_steps,
+        seed=args.seed, bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
+        max_steps=args.max_steps,
     ).resolved()
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     assert cfg.epochs is not None
