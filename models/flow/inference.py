@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Callable, Literal
 
 import torch
@@ -261,6 +262,26 @@ class FlowNet(nn.Module):
         with torch.inference_mode():
             v = self._guided(x, t, c, w)
         return v.clone().contiguous()
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 10)) -> float:
+        """Run every entry point once per batch size on zeros (oneDNN primitive creation, and the
+        compilation when ``compiled``), so the first request does not pay for it. Returns seconds.
+
+        Call it once when the worker starts, before it takes jobs.
+        """
+        t0 = time.perf_counter()
+        s = self.config.image_size
+        for b in batch_sizes:
+            x = torch.zeros((b, self.config.in_channels, s, s), device=self.device)
+            t = torch.full((b,), 0.5, device=self.device)
+            if self.config.conditioning == "class":
+                c = torch.zeros((b, self.config.num_classes), device=self.device)
+                c[:, 0] = 1
+                self.guided(x, t, c, 2.0)
+                self(x, t, c)
+            else:
+                self(x, t)
+        return time.perf_counter() - t0
 
     def guided_velocity(self, c: torch.Tensor, scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """A solver velocity ``v(x_t, t)`` guiding the fixed class rows ``c`` (B, K) with ``scale``.

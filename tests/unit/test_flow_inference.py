@@ -215,3 +215,15 @@ def test_prepare_does_not_touch_the_model(class_model: FlowUNet) -> None:
     assert class_model.conv_in[0][0].weight.is_contiguous()
     with pytest.raises(ValueError, match="velocity"):
         prepare_for_inference(build_seeded_model(UNetConfig("none", 4), 0))
+
+
+def test_warm_up_runs_each_entry_point(class_model: FlowUNet, time_model: FlowUNet) -> None:
+    net = prepare_for_inference(class_model, dtype="float32")
+    sizes: list[int] = []
+    hook = net.net.up1.register_forward_hook(lambda m, a, o: sizes.append(a[0].shape[0]))
+    try:
+        assert net.warm_up((1, 3)) > 0
+    finally:
+        hook.remove()
+    assert sizes == [2, 1, 6, 3]  # guided (2B decoder rows) then plain, for B = 1 and 3
+    assert prepare_for_inference(time_model, dtype="float32").warm_up((2,)) > 0
