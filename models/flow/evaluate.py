@@ -18,6 +18,11 @@ FD and the class histogram are reported.
 
 NFE counting: one batched UNet forward is one evaluation (with CFG it holds 2n images). Euler with
 K steps = K NFE, Heun / midpoint with K steps = 2K NFE.
+
+Sweeps: ``--guidance`` takes several scales (every solver is run at each); ``--fast DTYPE`` samples
+through :func:`models.flow.inference.prepare_for_inference` (folded BN, channels-last, float32 or
+bf16 autocast) instead of the plain network, to check that the fast path keeps the scores. The
+split, the classifier, the features, N and the seeds do not change with either option.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +47,7 @@ from .classifier import (
     train_classifier,
 )
 from .frechet import frechet_distance
+from .inference import PRECISIONS, FlowNet, prepare_for_inference
 from .sampling import SOLVERS, generate, nfe
 from .train import add_data_arguments, load_data, pick_device
 from .unet import FlowUNet
@@ -72,7 +79,7 @@ def split_indices(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def sample_in_chunks(
-    model: FlowUNet,
+    model: FlowUNet | FlowNet,
     n: int,
     *,
     conditional: bool,
@@ -96,22 +103,25 @@ def sample_in_chunks(
 
 
 def evaluate(
-    model: FlowUNet,
+    model: FlowUNet | FlowNet,
     classifier: MNISTClassifier,
     real_ref_features: torch.Tensor,
     solvers: list[tuple[str, int]],
     *,
     n: int = 1000,
-    guidance: float = 5.0,
+    guidance: float | Sequence[float] = 5.0,
     seed: int = 0,
 ) -> list[EvalRow]:
-    """Accuracy and FD for each (method, steps); the same noise seed for every sampler."""
+    """Accuracy and FD for each (guidance, method, steps); the same noise seed for every row."""
     conditional = model.config.conditioning == "class"
+    scales = [float(guidance)] if isinstance(guidance, (int, float)) else [float(g) for g in guidance]
+    if not conditional:
+        scales = scales[:1]  # no guidance for a time model
     rows = []
-    for method, steps in solvers:
+    for w, (method, steps) in ((g, s) for g in scales for s in solvers):
         t0 = time.perf_counter()
         images, labels = sample_in_chunks(
-            model, n, conditional=conditional, method=method, steps=steps, guidance=guidance, seed=seed
+            model, n, conditional=conditional, method=method, steps=steps, guidance=w, seed=seed
         )
         secs = time.perf_counter() - t0
         preds, feats = predict(classifier, images)
@@ -120,7 +130,7 @@ def evaluate(
             method,
             steps,
             nfe(method, steps),
-            guidance if conditional else None,
+            w if conditional else None,
             n,
             acc,
             frechet_distance(feats, real_ref_features),
@@ -178,7 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
         help="METHOD:STEPS, e.g. euler:50 heun:12",
     )
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--guidance", type=float, nargs="+", default=[5.0], help="one or more CFG scales (class model)")
+    p.add_argument(
+        "--fast",
+        choices=["off", *PRECISIONS],
+        default="off",
+        help="sample through prepare_for_inference with this dtype (default off: the plain network)",
+    )
+    p.add_argument("--tag", default="", help="free text stored in the JSON (what this run checks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=1234)
     p.add_argument("--device", default="auto")
@@ -230,7 +247,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = pick_device(args.device)
     model, config = load_model(args.checkpoint, device=device)
-    rows = evaluate(model, clf, feats_a, args.solvers, n=args.n, guidance=args.guidance, seed=args.seed)
+    net: FlowUNet | FlowNet = model if args.fast == "off" else prepare_for_inference(model, dtype=args.fast)
+    sampler_path = (
+        "plain FlowUNet, float32"
+        if args.fast == "off"
+        else (f"prepare_for_inference: {str(net.dtype).removeprefix('torch.')}, channels_last, folded BN")
+    )
+    logger.info("sampling with %s", sampler_path)
+    rows = evaluate(net, clf, feats_a, args.solvers, n=args.n, guidance=args.guidance, seed=args.seed)
     table = format_table(rows, baseline)
     result = {
         "checkpoint": str(args.checkpoint),
@@ -242,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": [asdict(r) for r in rows],
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "sampler_path": sampler_path,
+        "tag": args.tag,
         "table_markdown": table,
     }
     print(f"classifier holdout accuracy: {100 * hold_acc:.2f}% ({idx['clf_holdout'].numel()} held-out digits)")

@@ -4,18 +4,60 @@ Notation (Lipman et al. 2023, "Flow Matching for Generative Modeling", eq. 20-23
 Liu et al. 2023, "rectified flow"): ``x_0 ~ N(0, I)`` noise, ``x_1`` data, t ~ U[0, 1],
 ``x_t = (1 - t) x_0 + t x_1``, target velocity ``x_1 - x_0``; t runs from 0 (noise) to 1 (data).
 
+Training times t are drawn from a density on (0, 1) (:func:`sample_t`): uniform (Lipman et al.) or
+logit-normal, ``t = sigmoid(m + s z)`` with ``z ~ N(0, 1)`` (Esser et al. 2024, "Scaling Rectified Flow
+Transformers", sec. 3.1, eq. 19), which puts more weight on the middle of the path, where the
+velocity is hardest to predict.
+
 Every function takes a seeded ``torch.Generator`` (on the device of the data) and never touches the
 global RNG or its inputs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 #: ``velocity(x_t, t) -> v``: x_t (B, C, H, W), t (B,) in [0, 1], v like x_t.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TimeDensity = Literal["uniform", "logit_normal"]
+TIME_DENSITIES: tuple[str, ...] = ("uniform", "logit_normal")
+
+
+def sample_t(
+    n: int,
+    *,
+    density: TimeDensity = "uniform",
+    loc: float = 0.0,
+    scale: float = 1.0,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw n training times t in (0, 1).
+
+    density: ``"uniform"`` (t ~ U[0, 1]; ``loc`` and ``scale`` unused) or ``"logit_normal"``
+    (``t = sigmoid(loc + scale * z)``, z ~ N(0, 1), density
+    ``p(t) = exp(-(logit(t) - loc)^2 / (2 scale^2)) / (scale sqrt(2 pi) t (1 - t))``).
+    Returns (n,) in ``dtype`` on ``device``.
+    """
+    if density == "uniform":
+        return torch.rand((n,), generator=generator, device=device, dtype=dtype)
+    if density == "logit_normal":
+        if scale <= 0:
+            raise ValueError(f"logit-normal scale must be > 0, got {scale}")
+        z = torch.randn((n,), generator=generator, device=device, dtype=torch.float32)
+        return torch.sigmoid(loc + scale * z).to(dtype)
+    raise ValueError(f"unknown time density {density!r}; choose one of {TIME_DENSITIES}")
+
+
+def logit_normal_pdf(t: torch.Tensor, loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """The logit-normal density p(t) of :func:`sample_t` at t in (0, 1): same shape as t."""
+    logit = torch.log(t) - torch.log1p(-t)
+    return torch.exp(-((logit - loc) ** 2) / (2 * scale**2)) / (scale * math.sqrt(2 * math.pi) * t * (1 - t))
 
 
 def interpolate(x_0: torch.Tensor, x_1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

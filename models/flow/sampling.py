@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..driver import Runner, drive
+from .inference import FlowNet
 from .unet import FlowUNet
 
 logger = logging.getLogger(__name__)
@@ -266,9 +267,10 @@ def nfe(method: str, steps: int) -> int:
 # Model wrappers: a FlowUNet as the driver's network, and the velocities of a request.
 
 
-class FlowNet:
-    """A :class:`FlowUNet` as a network of the step driver: ``net(x, t, c=None)`` with per-row times t (N,)
-    and classes c (N, K), run in the model's dtype without gradients, returned in ``x``'s dtype.
+class UNetNetwork:
+    """A plain :class:`FlowUNet` as a network of the step driver: ``net(x, t, c=None)`` with per-row times t (N,)
+    and classes c (N, K), run in the model's dtype without gradients, returned in ``x``'s dtype. (The fast
+    path, :class:`~models.flow.inference.FlowNet`, has its own calls: :class:`FastGuided`, :class:`FastPlain`.)
 
     One object per model (:meth:`of`): requests that use the same model share a forward (``key``).
     """
@@ -278,7 +280,7 @@ class FlowNet:
         self.dtype = next(model.parameters()).dtype
 
     @classmethod
-    def of(cls, model: FlowUNet) -> FlowNet:
+    def of(cls, model: FlowUNet) -> UNetNetwork:
         net = _NETS.get(model)
         if net is None:
             net = _NETS[model] = cls(model)
@@ -294,7 +296,7 @@ class FlowNet:
         return out.to(x.dtype)
 
 
-_NETS: weakref.WeakKeyDictionary[FlowUNet, FlowNet] = weakref.WeakKeyDictionary()
+_NETS: weakref.WeakKeyDictionary[FlowUNet, UNetNetwork] = weakref.WeakKeyDictionary()
 
 
 class TimeVelocity:
@@ -304,7 +306,7 @@ class TimeVelocity:
     """
 
     def __init__(self, model: FlowUNet, c: torch.Tensor | None = None) -> None:
-        self.network, self.c = FlowNet.of(model), c
+        self.network, self.c = UNetNetwork.of(model), c
 
     def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x": x_t, "t": t} | ({} if self.c is None else {"c": self.c})
@@ -327,7 +329,7 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model: FlowUNet, c: torch.Tensor, scale: float) -> None:
-        self.network, self.scale = FlowNet.of(model), float(scale)
+        self.network, self.scale = UNetNetwork.of(model), float(scale)
         self.c_both = torch.cat([c, torch.zeros_like(c)]).to(self.network.dtype)
 
     def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -339,6 +341,72 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.combine(self.network(**self.inputs(x_t, t)))
+
+
+class _FastCall:
+    """One way of calling a fast :class:`~models.flow.inference.FlowNet` as a network of the step driver; one
+    object per net and way (``of``), so that requests on the same net share a forward (``key``)."""
+
+    guided: bool = False
+
+    def __init__(self, net: FlowNet) -> None:
+        self.net = net
+
+    @classmethod
+    def of(cls, net: FlowNet) -> _FastCall:
+        cache = _FAST.setdefault(net, {})
+        call = cache.get(cls)
+        if call is None:
+            call = cache[cls] = cls(net)
+        return call
+
+    @property
+    def key(self) -> tuple[FlowNet, bool]:
+        return self.net, self.guided
+
+
+class _FastGuidedCall(_FastCall):
+    guided = True
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.net.guided(x, t, c, scale)
+
+
+class _FastPlainCall(_FastCall):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, t, c)
+
+
+_FAST: weakref.WeakKeyDictionary[FlowNet, dict[type, _FastCall]] = weakref.WeakKeyDictionary()
+
+
+class FastGuided:
+    """Classifier-free guidance on the fast path: each row carries its class and its scale, and the net runs
+    the condition-free encoder once and the decoder on the conditional and unconditional rows
+    (``FlowNet.guided``), so rows of requests with different digits and guidance share one call."""
+
+    def __init__(self, net: FlowNet, c: torch.Tensor, scale: float) -> None:
+        self.network, self.c = _FastGuidedCall.of(net), c
+        self.scale = torch.full((c.shape[0],), float(scale), device=c.device)
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x_t, "t": t, "c": self.c, "scale": self.scale}
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        return output.to(self.c.dtype)
+
+
+class FastPlain:
+    """The plain velocity on the fast path (a time model, or a class model with all-zero class rows)."""
+
+    def __init__(self, net: FlowNet, c: torch.Tensor | None = None) -> None:
+        self.network, self.c = _FastPlainCall.of(net), c
+
+    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": x_t, "t": t} | ({} if self.c is None else {"c": self.c})
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        return output
 
 
 class _EvalMode:
@@ -355,7 +423,7 @@ class _EvalMode:
 
 
 def generate(
-    model: FlowUNet,
+    model: FlowUNet | FlowNet,
     *,
     n: int,
     digits: Sequence[int] | None,
@@ -369,7 +437,9 @@ def generate(
     """Sample ``n`` images by integrating the learned ODE from t = 0 (noise) to t = 1 (data).
 
     Args:
-        model: a "time" or "class" :class:`FlowUNet` (run in eval mode, restored afterwards).
+        model: a "time" or "class" :class:`FlowUNet` (run in eval mode, restored afterwards), or the
+            :class:`~models.flow.inference.FlowNet` that ``prepare_for_inference`` made of one (folded BN,
+            channels-last, bf16 where native; a guided request then runs the encoder once per evaluation).
         n: number of images.
         digits: length-n class labels for the class model (guided with ``guidance``); None for the
             time model (and gives unguided unconditional samples from a class model).
@@ -410,10 +480,13 @@ def generate(
     with _EvalMode(model), torch.no_grad():
         if digits is not None:
             c = F.one_hot(labels.to(device), cfg.num_classes).float()
-            guide: ClassifierFreeGuidance | TimeVelocity = ClassifierFreeGuidance(model, c, guidance)
-        elif cfg.conditioning == "class":
-            guide = TimeVelocity(model, torch.zeros((n, cfg.num_classes), device=device))
+            guide: Any = (
+                FastGuided(model, c, guidance)
+                if isinstance(model, FlowNet)
+                else ClassifierFreeGuidance(model, c, guidance)
+            )
         else:
-            guide = TimeVelocity(model)
+            zeros = torch.zeros((n, cfg.num_classes), device=device) if cfg.conditioning == "class" else None
+            guide = FastPlain(model, zeros) if isinstance(model, FlowNet) else TimeVelocity(model, zeros)
         x = solve(method, guide, x, ts, callback, runner=runner)
     return x.clamp(0.0, 1.0)

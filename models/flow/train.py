@@ -5,11 +5,17 @@
     python -m models.flow.train --objective denoise --out runs/denoiser            # sigma 0.5, D=128
     python -m models.flow.train --objective denoise --pure-noise --out runs/avg     # "average digit"
 
+    # the shipped recipe (see models/checkpoints/README.md): EMA weights, bf16 autocast on a CPU with bf16
+    python -m models.flow.train --objective class --hidden 32 --epochs 40 --batch-size 128 --lr 2e-3 \
+        --scheduler cosine --warmup-steps 200 --ema-decay 0.999 --bf16 --channels-last --out runs/class_v2
+
 The run folder holds ``model.safetensors`` + ``model.json`` (rebuilds the network alone; also
-records the command, the config, per-epoch losses and times), ``loss.png``, ``losses.json``,
-``train_config.json`` and sample grids after epoch 1, epoch 5 and the last epoch
-(``samples_epoch001.png`` ...). Data: every IDX pair in ``--data`` (default ``../shared/data/mnist``
-relative to the project root), shuffled with the seed.
+records the command, the config, per-epoch losses and times; with ``--ema-decay`` these are the EMA
+weights and ``model_raw.safetensors`` holds the trained ones), ``loss.png``, ``losses.json``,
+``train_config.json``, sample grids after epoch 1, epoch 5 and the last epoch
+(``samples_epoch001.png`` ...) and, with ``--keep-epochs``, snapshots ``model_epochNNN.safetensors``.
+Data: every IDX pair in ``--data`` (default ``../shared/data/mnist`` relative to the project root),
+shuffled with the seed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import torch
 
 from .checkpoint import load_model, save_model
 from .data import DEFAULT_MIRROR, MNISTDataError, MNISTSplit, load_all
-from .objectives import add_noise
+from .inference import bf16_supported
+from .objectives import TIME_DENSITIES, add_noise
 from .pngio import save_grid, save_loss_curve
 from .sampling import generate
 from .training import OBJECTIVE_TO_CONDITIONING, EpochResult, TrainConfig, train
@@ -125,22 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="UNet width D; default 128 (denoise) / 64 (flow)")
     p.add_argument(
         "--scheduler",
-        choices=["exponential", "none"],
+        choices=["exponential", "cosine", "constant", "none"],
         default="exponential",
-        help="'none' = AdamW at lr/10, constant (the seed's ablation)",
+        help="exponential: x gamma per epoch; cosine: per-step warm-up + cosine decay; constant: "
+        "warm-up then flat; none: AdamW at lr/10, constant (the seed's ablation)",
     )
     p.add_argument("--gamma", type=float, help="ExponentialLR gamma; default 0.1 ** (1/epochs)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up steps (cosine, constant)")
+    p.add_argument("--min-lr-ratio", type=float, default=0.0, help="final lr / lr for the cosine schedule")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="EMA of the weights (e.g. 0.999); the EMA copy becomes model.safetensors. 0 = off",
+    )
+    p.add_argument("--no-ema-warmup", action="store_true", help="constant EMA decay from the first step")
+    p.add_argument(
+        "--time-density",
+        choices=list(TIME_DENSITIES),
+        default="uniform",
+        help="training t density: uniform, or logit_normal (sigmoid of N(t-loc, t-scale^2))",
+    )
+    p.add_argument("--t-loc", type=float, default=0.0, help="logit-normal location")
+    p.add_argument("--t-scale", type=float, default=1.0, help="logit-normal scale")
     p.add_argument("--sigma", type=float, default=0.5, help="denoiser training noise level")
     p.add_argument("--pure-noise", action="store_true", help="denoiser on pure noise (average digit)")
     p.add_argument("--p-uncond", type=float, default=0.1, help="class dropout probability (CFG)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX; float32 elsewhere, with a warning)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU; slower on a small CPU)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--init", help="start from this checkpoint's weights (same architecture) instead of random")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     p.add_argument("--sample-epochs", default="1,5,last", help="epochs after which to write sample grids")
+    p.add_argument("--keep-epochs", default="", help="epochs after which to keep a snapshot, e.g. 10,20")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -163,15 +194,24 @@ def main(argv: list[str] | None = None) -> Path:
         scheduler=args.scheduler,
         gamma=args.gamma,
         sigma=args.sigma,
+        warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
         pure_noise=args.pure_noise,
         p_uncond=args.p_uncond,
+        time_density=args.time_density,
+        t_loc=args.t_loc,
+        t_scale=args.t_scale,
+        ema_decay=args.ema_decay,
+        ema_warmup=not args.no_ema_warmup,
         seed=args.seed,
         bf16=args.bf16,
         channels_last=args.channels_last,
+        compile=args.compile,
         max_steps=args.max_steps,
     ).resolved()
     assert cfg.epochs is not None
     wanted = {cfg.epochs if s.strip() == "last" else int(s) for s in args.sample_epochs.split(",") if s.strip()}
+    keep = {int(s) for s in args.keep_epochs.split(",") if s.strip()}
     fixed = split.images[torch.randperm(split.images.shape[0], generator=torch.Generator().manual_seed(1))[:10]]
     command = "python -m models.flow.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     history: list[dict[str, float]] = []
@@ -184,6 +224,8 @@ def main(argv: list[str] | None = None) -> Path:
             "epochs": history,
             "wall_seconds": round(wall, 1),
             "device": str(device),
+            "bf16_used": bool(cfg.bf16 and bf16_supported(device)),
+            "weights": "EMA" if cfg.ema_decay > 0 else "trained",
             "machine": machine_description(device),
         }
 
@@ -191,6 +233,13 @@ def main(argv: list[str] | None = None) -> Path:
         history.append(asdict(er))
         # a checkpoint after every epoch, so an interrupted run still leaves its latest weights
         save_model(model, model.config, out / "model.safetensors", metadata=metadata(time.perf_counter() - t0))
+        if er.epoch in keep:
+            save_model(
+                model,
+                model.config,
+                out / f"model_epoch{er.epoch:03d}.safetensors",
+                metadata=metadata(time.perf_counter() - t0),
+            )
         if er.epoch in wanted or (cfg.max_steps is not None):
             imgs, ncols = sample_grid(model, cfg.objective, fixed, args.seed, cfg.sigma)
             save_grid(imgs, ncols, out / f"samples_epoch{er.epoch:03d}.png")
@@ -218,6 +267,13 @@ def main(argv: list[str] | None = None) -> Path:
     )
     wall = time.perf_counter() - t0
     save_model(result.model, result.unet_config, out / "model.safetensors", metadata=metadata(wall))
+    if result.raw_model is not None:
+        save_model(
+            result.raw_model,
+            result.unet_config,
+            out / "model_raw.safetensors",
+            metadata={**metadata(wall), "weights": "trained (not averaged)"},
+        )
     (out / "losses.json").write_text(json.dumps(result.losses) + "\n")
     save_loss_curve(result.losses, out / "loss.png", title=f"{cfg.objective}: per-step training loss")
     logger.info("done in %.1fs: %s", wall, out / "model.safetensors")

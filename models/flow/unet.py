@@ -28,7 +28,7 @@ The blocks and the conditioning follow the CS180 (Berkeley, fall 2024) project 5
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -145,6 +145,19 @@ class FCBlock(nn.Sequential):
 # ----------------------------------------------------------------------------------------------
 
 
+class Features(NamedTuple):
+    """The encoder's outputs for a (B, C, S, S) input at width D; none depends on t or c.
+
+    e1: (B, D, S, S); e2: (B, D, S/2, S/2); e3: (B, 2D, S/4, S/4); h: (B, 2D, S/4, S/4), the
+    bottleneck after Flatten + Unflatten, before the conditioning.
+    """
+
+    e1: torch.Tensor
+    e2: torch.Tensor
+    e3: torch.Tensor
+    h: torch.Tensor
+
+
 class FlowUNet(nn.Module):
     """The UNet of the module docstring; the variant is fixed by ``config.conditioning``.
 
@@ -153,6 +166,9 @@ class FlowUNet(nn.Module):
         t: (B,) or (B, 1) in [0, 1]; required for "time" and "class", ignored for "none".
         c: (B, num_classes) one-hot (float) or all zeros for "unconditional"; required for "class".
         returns (B, C, S, S): the clean-image estimate ("none") or the velocity ``x_1 - x_0``.
+
+    ``forward`` is ``decode(encode(x), t, c)``: t and c enter only after the encoder, so callers that
+    evaluate one x under several conditions (classifier-free guidance) can encode once.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -176,16 +192,32 @@ class FlowUNet(nn.Module):
             self.fc2_c = FCBlock(config.num_classes, d)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        self._check(t, c)
+        return self.decode(self.encode(x), t, c)
+
+    def _check(self, t: torch.Tensor | None, c: torch.Tensor | None) -> None:
         cond = self.config.conditioning
         if cond != "none" and t is None:
             raise ValueError(f"a {cond!r}-conditioned UNet needs t")
         if cond == "class" and c is None:
             raise ValueError("a class-conditioned UNet needs c (one-hot, zeros for unconditional)")
 
+    def encode(self, x: torch.Tensor) -> Features:
+        """The condition-free part of the network: (B, C, S, S) -> :class:`Features`."""
         e1 = self.conv_in(x)
         e2 = self.down1(e1)
         e3 = self.down2(e2)
-        h = self.unflatten(self.flatten(e3))
+        return Features(e1, e2, e3, self.unflatten(self.flatten(e3)))
+
+    def decode(self, f: Features, t: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioned part: :class:`Features` of B images, t (B,), c (B, K) -> (B, C, S, S).
+
+        The rows of ``f``, t and c must match (repeat the features to decode one image under several
+        conditions).
+        """
+        self._check(t, c)
+        cond = self.config.conditioning
+        h = f.h
         if cond != "none":
             assert t is not None
             t = t.reshape(-1, 1).to(h.dtype)
@@ -198,14 +230,14 @@ class FlowUNet(nn.Module):
                 h = c1 * h + t1
             else:
                 h = h * t1
-        u1 = self.up1(torch.cat([h, e3], dim=1))
+        u1 = self.up1(torch.cat([h, f.e3], dim=1))
         if cond == "class":
             c2 = self.fc2_c(c)[:, :, None, None]
             u1 = c2 * u1 + t2
         elif cond == "time":
             u1 = u1 * t2
-        u2 = self.up2(torch.cat([u1, e2], dim=1))
-        out = self.conv_out(torch.cat([u2, e1], dim=1))
+        u2 = self.up2(torch.cat([u1, f.e2], dim=1))
+        out = self.conv_out(torch.cat([u2, f.e1], dim=1))
         return self.head(out)
 
 
