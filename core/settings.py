@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     mnist_time_checkpoint: Path = CHECKPOINT_DIR / "mnist_time_fm.safetensors"
     mnist_class_checkpoint: Path = CHECKPOINT_DIR / "mnist_class_fm.safetensors"
+    mnist_precision: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="MNIST compute: 'auto' = bfloat16 where the CPU or GPU has it natively, else float32"
+    )
+    mnist_compile: bool = Field(False, description="torch.compile the MNIST networks at worker start")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of a worker (empty: torch's default, OMP_NUM_THREADS)"
+    )
     if_enabled: Literal["auto", "true", "false"] = Field(
         "auto", description="load DeepFloyd IF in the worker: 'auto' = when a CUDA device is present"
     )
@@ -131,7 +138,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("api_key", "if_stage2_model", "if_text_encoder_device", "if_embedding_cache_dir", mode="before")
+    @field_validator(
+        "api_key", "if_stage2_model", "if_text_encoder_device", "if_embedding_cache_dir", "torch_threads", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``NAME=`` (as in a copy of .env.example) means unset, not an empty string or the path ``.``."""

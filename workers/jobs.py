@@ -42,7 +42,8 @@ def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
         )
         grid = make_grid(images, ncols=min(p.n, 10))
         job.save("samples.png", imageio.png_bytes(grid), main=True, shape=list(grid.shape))
-        job.record(model={"name": name, "source": job.registry.source(name)})
+        info = job.registry.models[name].info
+        job.record(model={"name": name, "source": job.registry.source(name), "precision": info.get("precision")})
     return job.result
 
 

@@ -8,41 +8,28 @@ from pathlib import Path
 
 import torch
 
+from core.settings import Settings
 from models import imageio
 from models.flow.checkpoint import load_model
 from models.flow.grid import make_grid
 from models.flow.sample import main as sample_main
 from models.flow.sampling import generate
 from tests.support import ROOT
+from workers.registry import mnist_network
 
 
 def test_sample_cli_writes_the_service_grid(mnist_checkpoints: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "sevens.png"
-    rc = sample_main(
-        [
-            "--digit",
-            "7",
-            "--n",
-            "12",
-            "--steps",
-            "3",
-            "--guidance",
-            "2",
-            "--seed",
-            "5",
-            "--out",
-            str(out),
-            "--class-checkpoint",
-            mnist_checkpoints["MNIST_CLASS_CHECKPOINT"],
-            "--no-progress",
-        ]
-    )
+    args = ["--digit", "7", "--n", "12", "--steps", "3", "--guidance", "2", "--seed", "5", "--no-progress", "--out"]
+    rc = sample_main([*args, str(out), "--class-checkpoint", mnist_checkpoints["MNIST_CLASS_CHECKPOINT"]])
     assert rc == 0
+    # what the worker does: the fast path at MNIST_PRECISION=auto, the same seed
     model, _ = load_model(mnist_checkpoints["MNIST_CLASS_CHECKPOINT"])
+    net = mnist_network(model, Settings())
     images = generate(
-        model, n=12, digits=[7] * 12, steps=3, guidance=2.0, method="euler", generator=torch.Generator().manual_seed(5)
+        net, n=12, digits=[7] * 12, steps=3, guidance=2.0, method="euler", generator=torch.Generator().manual_seed(5)
     )
-    assert out.read_bytes() == imageio.png_bytes(make_grid(images, ncols=10))  # what the job writes
+    assert out.read_bytes() == imageio.png_bytes(make_grid(images, ncols=10))
 
 
 def test_sample_cli_unguided_and_a_missing_checkpoint(mnist_checkpoints: dict[str, str], tmp_path: Path) -> None:
