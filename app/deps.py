@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from redis import Redis
 from rq import Queue
 
+from app.imagecheck import DecoderPool
 from app.problems import Problem
 from core.settings import Settings
 
@@ -38,6 +39,15 @@ def get_queue(request: Request) -> Queue:
 
 
 QueueDep = Annotated[Queue, Depends(get_queue)]
+
+
+def get_decoder(request: Request) -> DecoderPool:
+    """The upload decoder processes started by the app's lifespan."""
+    decoder: DecoderPool = request.app.state.decoder
+    return decoder
+
+
+DecoderDep = Annotated[DecoderPool, Depends(get_decoder)]
 
 IdempotencyKey = Annotated[
     str | None,

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from redis import Redis
 from rq import Queue
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.docs import install_docs
 from app.events import EventHub
+from app.imagecheck import DecoderPool
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
@@ -44,10 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.queue = Queue(settings.queue_name, connection=app.state.redis)
         app.state.events = EventHub(settings, app.state.redis)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
+        app.state.decoder = DecoderPool()
+        await run_in_threadpool(app.state.decoder.warm_up)
         try:
             yield
         finally:
             await app.state.events.close()
+            await run_in_threadpool(app.state.decoder.close)
             app.state.redis.close()
 
     app = FastAPI(

@@ -16,17 +16,14 @@ Every problem names the form field in `errors[0].name`.
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 from fastapi import UploadFile
-from PIL import Image, UnidentifiedImageError
 
+from app.imagecheck import DecoderPool, Refused, inspect_image
 from app.problems import Problem
 from core.settings import Settings
 
-FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MIN_SIDE = 8
 
 
@@ -44,42 +41,32 @@ def _problem(status: int, slug: str, field: str, reason: str) -> Problem:
     return Problem(status, slug, f"{field}: {reason}", errors=[{"name": field, "in": "body", "reason": reason}])
 
 
-def read_image(upload: UploadFile, field: str, settings: Settings) -> CheckedImage:
+def read_image(upload: UploadFile, field: str, settings: Settings, decoder: DecoderPool | None = None) -> CheckedImage:
     """Read and fully decode one upload; raise the documented 4xx problem on any defect.
 
     Blocking (file read and a full decode): call it from a worker thread, never on the event loop
-    (the operation routes are plain ``def`` handlers, which FastAPI runs in its thread pool)."""
+    (the operation routes are plain ``def`` handlers, which FastAPI runs in its thread pool). With a
+    ``decoder`` the decode runs in its processes, so it cannot hold this process's GIL."""
     upload.file.seek(0)
     data = upload.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise _problem(413, "upload-too-large", field, f"larger than {settings.max_upload_bytes} bytes")
     if not data:
         raise _problem(422, "invalid-image", field, "the file is empty")
-    return check_image(data, field, settings)
+    return check_image(data, field, settings, decoder)
 
 
-def check_image(data: bytes, field: str, settings: Settings) -> CheckedImage:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(FORMATS))
-            width, height = image.size
-            if width * height > settings.max_image_pixels:
-                raise _problem(
-                    413, "image-too-large", field, f"{width}x{height} is more than {settings.max_image_pixels} pixels"
-                )
-            image.load()  # decodes everything: catches truncated and corrupt files
-    except Problem:
-        raise
-    except UnidentifiedImageError:
-        raise _problem(415, "unsupported-image-type", field, "not a PNG, JPEG or WebP image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _problem(413, "image-too-large", field, "too many pixels (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _problem(422, "invalid-image", field, f"truncated or corrupt image ({exc})") from None
-    if min(width, height) < MIN_SIDE:
-        raise _problem(422, "invalid-image", field, f"{width}x{height} is smaller than {MIN_SIDE}x{MIN_SIDE}")
-    return CheckedImage(field, data, str(image.format), width, height, image.mode)
+def check_image(data: bytes, field: str, settings: Settings, decoder: DecoderPool | None = None) -> CheckedImage:
+    found = (
+        decoder.inspect(data, settings.max_image_pixels) if decoder else inspect_image(data, settings.max_image_pixels)
+    )
+    if isinstance(found, Refused):
+        raise _problem(found.status, found.slug, field, found.reason)
+    if min(found.width, found.height) < MIN_SIDE:
+        raise _problem(
+            422, "invalid-image", field, f"{found.width}x{found.height} is smaller than {MIN_SIDE}x{MIN_SIDE}"
+        )
+    return CheckedImage(field, data, found.format, found.width, found.height, found.mode)
 
 
 def check_same_size(upload: CheckedImage, reference: CheckedImage) -> None:

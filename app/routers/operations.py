@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from rq.job import Job
 
 from app import jobs
-from app.deps import IdempotencyKey, QueueDep, RedisDep, SettingsDep, require_api_key
+from app.deps import DecoderDep, IdempotencyKey, QueueDep, RedisDep, SettingsDep, require_api_key
+from app.imagecheck import DecoderPool
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
 from core.operations import OPERATIONS, Operation, OperationParams
@@ -60,10 +61,12 @@ def accepted(job: Job, replayed: bool, redis: Any, queue: Any) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
 
 
-def _check_uploads(op: Operation, files: dict[str, UploadFile], settings: Settings) -> dict[str, bytes]:
+def _check_uploads(
+    op: Operation, files: dict[str, UploadFile], settings: Settings, decoder: DecoderPool
+) -> dict[str, bytes]:
     checked: dict[str, CheckedImage] = {}
     for upload in op.uploads:
-        checked[upload.name] = read_image(files[upload.name], upload.name, settings)
+        checked[upload.name] = read_image(files[upload.name], upload.name, settings, decoder)
         if upload.same_size_as is not None:
             check_same_size(checked[upload.name], checked[upload.same_size_as])
     return {name: image.data for name, image in checked.items()}
@@ -73,12 +76,13 @@ def _handler(op: Operation, settings: Settings) -> Callable[..., JSONResponse]:
     """The route function of ``op``; its signature (read by FastAPI) is built from the operation."""
     source = Query() if op.transport == "query" else Form()
 
-    def handler(params: OperationParams, submit: Submitter, **files: UploadFile) -> JSONResponse:
-        return submit(op, params, _check_uploads(op, files, settings))
+    def handler(params: OperationParams, submit: Submitter, decoder: DecoderDep, **files: UploadFile) -> JSONResponse:
+        return submit(op, params, _check_uploads(op, files, settings, decoder) if op.uploads else {})
 
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),
         Parameter("submit", Parameter.KEYWORD_ONLY, annotation=Annotated[Submitter, Depends()]),
+        Parameter("decoder", Parameter.KEYWORD_ONLY, annotation=DecoderDep),
         *(
             Parameter(u.name, Parameter.KEYWORD_ONLY, annotation=Annotated[UploadFile, File(description=u.description)])
             for u in op.uploads
