@@ -46,7 +46,7 @@ class JobBody(BaseModel):
                     "created_at": "2026-11-26T10:00:00Z",
                     "started_at": "2026-11-26T10:00:00.120Z",
                     "finished_at": "2026-11-26T10:00:01.900Z",
-                    "params": {"digit": 7, "n": 10, "steps": 50, "guidance": 5.0, "sampler": "euler", "seed": 42},
+                    "params": {"digit": 7, "n": 10, "steps": 1, "guidance": 1.5, "sampler": "midpoint", "seed": 42},
                     "result_url": "/jobs/3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e/result",
                     "results": {
                         "samples.png": "/jobs/3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e/files/samples.png",

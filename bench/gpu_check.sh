@@ -9,11 +9,14 @@
 #             and stage II in each mode; every operation eager and with reduce-overhead
 #   t5        bench_if.py --t5 gpu 8bit cpu: IF's T5-XXL (random weights, built on the GPU) in each placement,
 #             its encode times and the peak memory of a request
+#   flow      bench_flow.py: model time of 10 and 100 guided MNIST digits at the default request, and D=64
+#             training images/s (data on the device, fp32 and bf16 + channels-last + compile, batch 4096)
+#             (bench_flow.txt)
 #   batching  bench_batching.py: IF-I-XL per-image step cost at 2..32 rows with per-row timesteps, and a mix of
 #             every operation one by one against all at once through the worker's batcher (bench_batching.txt)
 #   autotune  bench_if.py --modes max-autotune, stage-I buckets, with the time that is left
 # A phase that runs out of time is stopped; bench_if.py rewrites its JSON after each mode, so what it measured
-# stays. Output in $OUT (default bench/out/), six files: nvidia-smi.txt, gpu_tests.txt, gpu_check.log, bench_batching.txt
+# stays. Output in $OUT (default bench/out/), seven files: nvidia-smi.txt, gpu_tests.txt, gpu_check.log, bench_flow.txt, bench_batching.txt
 # (everything printed), bench_if.json (every run and the phases) and gpu_table.md (the section for BENCHMARKS.md,
 # also printed last). Exit status: nonzero when a phase failed, timed out or was skipped. Arguments go to every
 # bench_if.py run. ALLOW_CPU=1 runs without CUDA, to check the script itself:
@@ -84,13 +87,26 @@ phase() {
   echo "== $name: $word in $((SECONDS - t0))s" | tee -a "$LOG"
 }
 
-PHASES=" ${GPU_CHECK_PHASES:-tests main t5 batching autotune} "
+PHASES=" ${GPU_CHECK_PHASES:-tests flow main t5 batching autotune} "
 wanted() { [[ $PHASES == *" $1 "* ]]; }
 
 if wanted tests; then
   L=$(limit 150)
   phase tests "$L" "$PY" -m pytest tests/gpu -q -p no:cacheprovider -rs
   cp "$RAW/tests.txt" "$OUT/gpu_tests.txt" 2>/dev/null || true
+fi
+# MNIST flow (issue 13): 10 and 100 guided digits at the default request, and D=64 class-model training with the
+# data on the device, bf16, channels-last and compile at batch 4096 (short: it is cheap, and first in line)
+if wanted flow; then
+  L=$(limit 120)
+  if "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    flow=(--device cuda --threads 0 --no-old --repeats 20 --train-widths 64 --train-batch 4096 --train-steps 30
+      --train-bf16 --train-channels-last --train-compile --train-fp32)
+  else
+    flow=(--threads 2 --repeats 2 --train-widths 32 --train-batch 64 --train-steps 2)  # the script check on a CPU
+  fi
+  phase flow "$L" "$PY" bench/bench_flow.py "${flow[@]}" --json "$RAW/flow.json"
+  cp "$RAW/flow.txt" "$OUT/bench_flow.txt" 2>/dev/null || true
 fi
 # reduce-overhead right after eager: it is the mode the targets are about; its warm-up may take most of the phase
 # (default then reuses its compiled kernels from inductor's cache)

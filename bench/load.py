@@ -40,18 +40,23 @@ MASK = (ROOT / "postman" / "mask.png").read_bytes()
 Submit = tuple[str, dict[str, Any], dict[str, Any], dict[str, tuple[str, bytes, str]]]
 
 
-def mnist_requests(n: int, steps: int, digit: int) -> Callable[[int], Submit]:
-    return lambda i: ("/mnist/sample", {"digit": digit, "n": n, "steps": steps}, {}, {})
+def _mnist(digit: int, n: int, steps: int | None) -> dict[str, Any]:
+    """The query of one MNIST request; without ``steps`` the service's default solver."""
+    return {"digit": digit, "n": n} | ({} if steps is None else {"steps": steps})
 
 
-def if_mix(n: int, steps: int, digit: int) -> Callable[[int], Submit]:
+def mnist_requests(n: int, steps: int | None, digit: int) -> Callable[[int], Submit]:
+    return lambda i: ("/mnist/sample", _mnist(digit, n, steps), {}, {})
+
+
+def if_mix(n: int, steps: int | None, digit: int) -> Callable[[int], Submit]:
     """Every tiny-IF operation in turn (sample, SDEdit at two noise levels, inpaint, 2- and 4-view anagrams,
     hybrid, one-step and iterative denoise) and an MNIST request between them."""
     photo = {"image": ("photo.png", PHOTO, "image/png")}
     mix: list[Submit] = [
         ("/sample", {}, {"prompt": "a red ball"}, {}),
         ("/sdedit", {}, {"prompt": "a drawing", "i_start": 10}, photo),
-        ("/mnist/sample", {"digit": digit, "n": n, "steps": steps}, {}, {}),
+        ("/mnist/sample", _mnist(digit, n, steps), {}, {}),
         ("/inpaint", {}, {"prompt": "a balloon"}, photo | {"mask": ("mask.png", MASK, "image/png")}),
         ("/anagram", {}, {"prompts": ["a campfire", "an old man"]}, {}),
         ("/sdedit", {}, {"prompt": "a photo", "i_start": 25}, photo),
@@ -172,7 +177,7 @@ def main() -> None:
     parser.add_argument("--batching", default="on", help="on, off, or off,on (one row each, fresh stacks)")
     parser.add_argument("--mix", choices=["mnist", "if"], default="mnist", help="if: every tiny-IF operation + MNIST")
     parser.add_argument("--n", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, help="MNIST solver steps (default: the service's default request)")
     parser.add_argument("--digit", type=int, default=7)
     parser.add_argument("--drain", type=float, default=120, help="seconds to await outstanding jobs")
     args = parser.parse_args()
@@ -189,7 +194,7 @@ def main() -> None:
                 with local_service(workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, **env) as stack:
                     result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain)
                 rows.append({"batching": mode, "workers x threads": f"{args.workers} x {threads}"} | result)
-    request = f"mix={args.mix} n={args.n} steps={args.steps}" + (
+    request = f"mix={args.mix} n={args.n} steps={args.steps or 'default'}" + (
         " digit=" + str(args.digit) if args.mix == "mnist" else ""
     )
     print(f"{args.clients} clients for {args.seconds:.0f} s, {request}")

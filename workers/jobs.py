@@ -33,7 +33,7 @@ def mnist_sample(params: dict[str, Any]) -> dict[str, Any]:
             job.model(name),
             n=p.n,
             digits=None if p.digit is None else [p.digit] * p.n,
-            steps=p.steps,
+            steps=p.solver_steps,
             guidance=p.guidance,
             method=p.sampler.value,
             generator=job.generator,

@@ -3,6 +3,9 @@
     python -m models.flow.sample --digit 7 --n 10 --out sevens.png            # class model, guided
     python -m models.flow.sample --n 20 --sampler heun --steps 25 --out any.png # time model, unguided
 
+The defaults are the service's (midpoint; 1 step for the class model, 3 for the time model; guidance 1.5):
+chosen on the evaluator, see models/checkpoints/README.md.
+
 With ``--digit`` the class-conditioned checkpoint draws that digit with classifier-free guidance; without
 it the time-conditioned checkpoint draws unguided digits. The grid is white digits on black, 28x28 tiles,
 row-major, min(n, 10) columns, the same layout and the same numbers as the service for the same seed (the
@@ -28,15 +31,28 @@ from .sampling import SOLVERS, generate
 logger = logging.getLogger("models.flow.sample")
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+#: The service's defaults (core.operations.MNIST_DEFAULT_*; a test checks that both agree).
+DEFAULT_SAMPLER = "midpoint"
+DEFAULT_STEPS = {"class": 1, "time": 3}
+DEFAULT_GUIDANCE = 1.5
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.flow.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--digit", type=int, choices=range(10), metavar="0..9", help="omit for unguided digits")
     p.add_argument("--n", type=int, default=10, help="how many digits (default 10)")
-    p.add_argument("--steps", type=int, default=50, help="ODE solver steps (default 50)")
-    p.add_argument("--sampler", choices=sorted(SOLVERS), default="euler")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale w (class model)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"ODE solver steps (default {DEFAULT_STEPS['class']} with --digit, {DEFAULT_STEPS['time']} without)",
+    )
+    p.add_argument("--sampler", choices=sorted(SOLVERS), default=DEFAULT_SAMPLER)
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help=f"classifier-free guidance scale w (class model; default {DEFAULT_GUIDANCE})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--scale", type=int, default=1, help="upscale the grid (nearest neighbour)")
@@ -55,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS["time" if args.digit is None else "class"]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.n < 1 or args.steps < 1 or args.guidance < 0:
         logger.error("need n >= 1, steps >= 1 and guidance >= 0")

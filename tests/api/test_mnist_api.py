@@ -69,7 +69,13 @@ def test_submit_answers_202_with_location_and_job_body(client) -> None:
     assert r.headers["location"] == f"/jobs/{body['id']}"
     assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
     assert body["status"] == "queued" and body["queue_position"] == 0
-    assert body["params"] == {"digit": 3, "n": 2, "steps": 50, "guidance": 5.0, "sampler": "euler", "seed": 5}
+    # the solver defaults (per model: steps) are filled in and echoed
+    assert body["params"] == {"digit": 3, "n": 2, "steps": 1, "guidance": 1.5, "sampler": "midpoint", "seed": 5}
+    unguided = client.post("/mnist/sample", params={"n": 2, "seed": 5}).json()["params"]
+    assert (unguided["steps"], unguided["sampler"]) == (3, "midpoint")
+    # a request that names them gets exactly those
+    named = {"digit": 3, "n": 2, "steps": 50, "guidance": 5.0, "sampler": "euler", "seed": 5}
+    assert client.post("/mnist/sample", params=named).json()["params"] == named
     assert client.get(f"/jobs/{body['id']}").json()["status"] == "queued"
     # a random seed is chosen and recorded when none is given
     seeded = client.post("/mnist/sample", params={"digit": 3}).json()

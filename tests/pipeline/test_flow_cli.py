@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from core.operations import MNIST_DEFAULT_GUIDANCE, MNIST_DEFAULT_SAMPLER, MNIST_DEFAULT_STEPS, MnistSample
 from core.settings import Settings
 from models import imageio
+from models.flow import sample as sample_cli
 from models.flow.checkpoint import load_model
 from models.flow.grid import make_grid
 from models.flow.sample import main as sample_main
@@ -18,16 +20,29 @@ from tests.support import ROOT
 from workers.registry import mnist_network
 
 
+def test_the_cli_defaults_are_the_service_defaults() -> None:
+    assert sample_cli.DEFAULT_SAMPLER == MNIST_DEFAULT_SAMPLER
+    assert sample_cli.DEFAULT_STEPS == MNIST_DEFAULT_STEPS
+    assert sample_cli.DEFAULT_GUIDANCE == MNIST_DEFAULT_GUIDANCE
+
+
 def test_sample_cli_writes_the_service_grid(mnist_checkpoints: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "sevens.png"
-    args = ["--digit", "7", "--n", "12", "--steps", "3", "--guidance", "2", "--seed", "5", "--no-progress", "--out"]
+    args = ["--digit", "7", "--n", "12", "--seed", "5", "--no-progress", "--out"]  # the default solver
     rc = sample_main([*args, str(out), "--class-checkpoint", mnist_checkpoints["MNIST_CLASS_CHECKPOINT"]])
     assert rc == 0
-    # what the worker does: the fast path at MNIST_PRECISION=auto, the same seed
+    # what the worker does for the same request: the fast path at MNIST_PRECISION=auto, the same seed
+    params = MnistSample(digit=7, n=12, seed=5)
     model, _ = load_model(mnist_checkpoints["MNIST_CLASS_CHECKPOINT"])
     net = mnist_network(model, Settings())
     images = generate(
-        net, n=12, digits=[7] * 12, steps=3, guidance=2.0, method="euler", generator=torch.Generator().manual_seed(5)
+        net,
+        n=12,
+        digits=[7] * 12,
+        steps=params.solver_steps,
+        guidance=params.guidance,
+        method=params.sampler.value,
+        generator=torch.Generator().manual_seed(5),
     )
     assert out.read_bytes() == imageio.png_bytes(make_grid(images, ncols=10))
 

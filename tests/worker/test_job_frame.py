@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from redis import Redis
 from rq import Queue
@@ -16,9 +17,12 @@ from rq.job import Job
 
 from app import jobs as api_jobs
 from core import storage
-from core.operations import OPERATIONS
+from core.operations import MNIST_DEFAULT_GUIDANCE, MNIST_DEFAULT_STEPS, OPERATIONS
 from core.protocol import cancel_key
 from core.settings import Settings
+from models import imageio
+from models.flow.grid import make_grid
+from models.flow.sampling import generate
 from workers import registry as model_registry
 from workers.worker import ResidentWorker
 
@@ -73,7 +77,15 @@ def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) ->
     assert result["files"] == ["samples.png", "manifest.json"]
     folder = storage.job_dir(settings.results_dir, job.id)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["request"] == {"seed": 11, "digit": 4, "n": 3, "steps": 2, "guidance": 5.0, "sampler": "euler"}
+    # the defaults the request left out are recorded as they were used
+    assert manifest["request"] == {
+        "seed": 11,
+        "digit": 4,
+        "n": 3,
+        "steps": 2,
+        "guidance": MNIST_DEFAULT_GUIDANCE,
+        "sampler": "midpoint",
+    }
     assert manifest["kind"] == "mnist_sample" and manifest["seed"] == 11 and manifest["attempt"] == 1
     assert manifest["model"]["name"] == "mnist_class" and manifest["timings"]["model_s"] > 0
     assert manifest["files"]["samples.png"]["shape"] == [1, 28, 84]
@@ -84,6 +96,45 @@ def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) ->
     body = api_jobs.view(job, queue.connection, queue)
     assert body.started_at is not None and body.started_at.isoformat() == job.meta["started_at"]
     assert body.finished_at is not None and body.finished_at >= body.started_at
+
+
+@pytest.mark.parametrize(
+    ("request_params", "expected"),
+    [
+        # no solver parameters: the new defaults, per model
+        ({"digit": 5}, {"steps": MNIST_DEFAULT_STEPS["class"], "sampler": "midpoint", "guidance": 1.5}),
+        ({}, {"steps": MNIST_DEFAULT_STEPS["time"], "sampler": "midpoint", "guidance": 1.5}),
+        # a client that names them gets exactly those: the old default, and a mix
+        (
+            {"digit": 5, "steps": 50, "sampler": "euler", "guidance": 5.0},
+            {"steps": 50, "sampler": "euler", "guidance": 5.0},
+        ),
+        ({"digit": 5, "steps": 4, "sampler": "heun"}, {"steps": 4, "sampler": "heun", "guidance": 1.5}),
+    ],
+)
+def test_the_png_is_what_the_named_or_default_solver_draws(
+    queue: Queue, settings: Settings, request_params: dict[str, object], expected: dict[str, object]
+) -> None:
+    job = _submit(queue, settings, n=3, seed=7, **request_params)
+    _work(queue, settings)
+    job.refresh()
+    folder = storage.job_dir(settings.results_dir, job.id)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {k: manifest["request"][k] for k in expected} == expected
+    digit = request_params.get("digit")
+    name = "mnist_time" if digit is None else "mnist_class"
+    net = model_registry.get_registry().get(name)
+    images = generate(
+        net,
+        n=3,
+        digits=None if digit is None else [digit] * 3,
+        steps=expected["steps"],
+        guidance=expected["guidance"],
+        method=expected["sampler"],
+        generator=torch.Generator().manual_seed(7),
+    )
+    assert (folder / "samples.png").read_bytes() == imageio.png_bytes(make_grid(images, ncols=3))
+    assert job.meta["progress"]["total"] == expected["steps"]
 
 
 def test_a_cancel_flag_stops_the_job_at_its_first_step(queue: Queue, settings: Settings) -> None:
