@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from core.operations import MNIST_DEFAULT_GUIDANCE, MNIST_DEFAULT_SAMPLER, MNIST_DEFAULT_STEPS, MnistSample
+from core.operations import MNIST_DEFAULT_GUIDANCE, MNIST_DEFAULT_SAMPLER, MnistSample, mnist_default_steps
 from core.settings import Settings
 from models import imageio
 from models.flow import sample as sample_cli
@@ -22,8 +22,12 @@ from workers.registry import mnist_network
 
 def test_the_cli_defaults_are_the_service_defaults() -> None:
     assert sample_cli.DEFAULT_SAMPLER == MNIST_DEFAULT_SAMPLER
-    assert sample_cli.DEFAULT_STEPS == MNIST_DEFAULT_STEPS
     assert sample_cli.DEFAULT_GUIDANCE == MNIST_DEFAULT_GUIDANCE
+    for digit in (None, 3):
+        for sampler in ("midpoint", "euler", "heun"):
+            for guidance in (0.0, 1.5, 1.75, 1.8, 5.0):
+                expected = mnist_default_steps(digit, sampler, guidance)
+                assert sample_cli.default_steps(digit, sampler, guidance) == expected, (digit, sampler, guidance)
 
 
 def test_sample_cli_writes_the_service_grid(mnist_checkpoints: dict[str, str], tmp_path: Path) -> None:

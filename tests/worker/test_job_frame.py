@@ -104,6 +104,9 @@ def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) ->
         # no solver parameters: the new defaults, per model
         ({"digit": 5}, {"steps": MNIST_DEFAULT_STEPS["class"], "sampler": "midpoint", "guidance": 1.5}),
         ({}, {"steps": MNIST_DEFAULT_STEPS["time"], "sampler": "midpoint", "guidance": 1.5}),
+        # strong guidance, or another solver, without steps: the steps that keep quality for it
+        ({"digit": 5, "guidance": 5.0}, {"steps": 4, "sampler": "midpoint", "guidance": 5.0}),
+        ({"digit": 5, "sampler": "euler"}, {"steps": 50, "sampler": "euler", "guidance": 1.5}),
         # a client that names them gets exactly those: the old default, and a mix
         (
             {"digit": 5, "steps": 50, "sampler": "euler", "guidance": 5.0},
