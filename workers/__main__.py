@@ -51,12 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.results_dir.mkdir(parents=True, exist_ok=True)
 
-    registry = model_registry.build_registry(settings)
+    batcher = Batcher(max_rows=settings.max_batch_rows).start() if settings.batching == "on" else None
+    # With batching, the batcher thread loads and warms the models too: one thread does the process's heavy
+    # torch work (see Batcher.call); without it, the main thread runs every job, so it loads them.
+    registry = (
+        batcher.call(lambda: model_registry.build_registry(settings))
+        if batcher is not None
+        else model_registry.build_registry(settings)
+    )
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
 
     redis = Redis.from_url(settings.redis_url)
-    batcher = Batcher(max_rows=settings.max_batch_rows).start() if settings.batching == "on" else None
     cancels = CancelWatch(redis)
     model_registry.install(registry, settings, batcher.run if batcher is not None else None, cancels)
     queue = Queue(settings.queue_name, connection=redis)
