@@ -51,6 +51,7 @@ from models.flow.grid import make_grid
 from models.flow.inference import bf16_supported, prepare_for_inference
 from models.flow.objectives import drop_labels, flow_matching_loss
 from models.flow.sampling import generate, nfe
+from models.flow.train import machine_description
 from models.flow.training import build_seeded_model
 from models.flow.unet import FlowUNet, UNetConfig
 from models.imageio import png_bytes
@@ -179,18 +180,7 @@ def bench_train(
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{cpu}, {torch.get_num_threads()} threads available, native bf16: {bf16_supported('cpu')}"
-    if device.type == "cuda":
-        desc = f"{torch.cuda.get_device_name(device)}; host {desc}"
-    return f"{desc}; torch {torch.__version__}"
+    return f"{machine_description(device)}, native bf16: {bf16_supported('cpu')}"
 
 
 def build_parser() -> argparse.ArgumentParser:
