@@ -67,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with local_service(workers=1) as stack:
+        # the default request before issue 13, named explicitly, then the service's default
         rows += e2e(stack, args.repeats, {"digit": 7, "n": 10, "steps": 50, "guidance": 5.0, "sampler": "euler"})
+        rows += e2e(stack, args.repeats, {"digit": 7, "n": 10})
     with local_service(workers=0) as stack:
         base = str(stack.client.base_url)
         enqueue_throughput(base, 50, 4)  # warm-up
