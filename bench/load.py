@@ -1,6 +1,7 @@
 """Load test: N concurrent clients for a fixed time against /mnist/sample (or a tiny-IF mix).
 
-Each client loops: submit, poll until the job is terminal, download the PNG. After the time is up no
+Each client loops: submit, poll until the job is terminal (or follow its event stream: ``--follow events``),
+download the PNG. After the time is up no
 new job is submitted and the outstanding ones are awaited (bounded). Reports throughput, p50/p99
 end-to-end latency, errors, and lost jobs (accepted but never seen terminal), which must be zero.
 Only loopback addresses are targeted; the run stops by itself.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,19 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _follow_events(http: httpx.Client, job_id: str, until: float) -> str:
+    """Read the job's event stream until its ``done`` event; its status (or "running" when the stream ended
+    early or ran past ``until``: the caller then polls)."""
+    event = ""
+    with http.stream("GET", f"/jobs/{job_id}/events", timeout=max(until - time.monotonic(), 1.0)) as r:
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "done":
+                return str(json.loads(line[5:])["status"])
+    return "running"
+
+
 def client_loop(
     base_url: str,
     stop_at: float,
@@ -85,6 +100,7 @@ def client_loop(
     tally: Tally,
     seed0: int,
     offset: int,
+    follow: str = "poll",
 ) -> None:
     with httpx.Client(base_url=base_url, timeout=60) as http:
         for i in itertools.count(offset):
@@ -107,6 +123,8 @@ def client_loop(
                 with tally.lock:
                     tally.accepted.add(job_id)
                 status = r.json()["status"]
+                if follow == "events" and status not in TERMINAL:
+                    status = _follow_events(http, job_id, drain_until)
                 while status not in TERMINAL and time.monotonic() < drain_until:
                     time.sleep(0.02)
                     status = http.get(f"/jobs/{job_id}").json()["status"]
@@ -124,7 +142,14 @@ def client_loop(
                     tally.errors.append(type(exc).__name__)
 
 
-def run(base_url: str, clients: int, seconds: float, make: Callable[[int], Submit], drain_s: float) -> dict[str, str]:
+def run(
+    base_url: str,
+    clients: int,
+    seconds: float,
+    make: Callable[[int], Submit],
+    drain_s: float,
+    follow: str = "poll",
+) -> dict[str, str]:
     host = urlparse(base_url).hostname or ""
     if not (host == "localhost" or host.startswith("127.") or host == "::1"):
         raise SystemExit("load tests target loopback addresses only")
@@ -132,7 +157,7 @@ def run(base_url: str, clients: int, seconds: float, make: Callable[[int], Submi
     start = time.monotonic()
     stop_at, drain_until = start + seconds, start + seconds + drain_s
     threads = [
-        threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, make, tally, 1000 * k, k))
+        threading.Thread(target=client_loop, args=(base_url, stop_at, drain_until, make, tally, 1000 * k, k, follow))
         for k in range(clients)
     ]
     for t in threads:
@@ -180,11 +205,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="MNIST solver steps (default: the service's default request)")
     parser.add_argument("--digit", type=int, default=7)
     parser.add_argument("--drain", type=float, default=120, help="seconds to await outstanding jobs")
+    parser.add_argument(
+        "--follow",
+        choices=["poll", "events"],
+        default="poll",
+        help="how a client waits for its job: poll GET /jobs/{id} every 20 ms, or read GET /jobs/{id}/events",
+    )
     args = parser.parse_args()
     make = (if_mix if args.mix == "if" else mnist_requests)(args.n, args.steps, args.digit)
     rows: list[dict[str, str]] = []
     if args.url:
-        rows.append({"service": args.url} | run(args.url, args.clients, args.seconds, make, args.drain))
+        rows.append({"service": args.url} | run(args.url, args.clients, args.seconds, make, args.drain, args.follow))
     else:
         env: dict[str, str] = {}
         if args.mix == "if":
@@ -192,9 +223,9 @@ def main() -> None:
         for threads in args.threads.split(","):
             for mode in args.batching.split(","):
                 with local_service(workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, **env) as stack:
-                    result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain)
+                    result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain, args.follow)
                 rows.append({"batching": mode, "workers x threads": f"{args.workers} x {threads}"} | result)
-    request = f"mix={args.mix} n={args.n} steps={args.steps or 'default'}" + (
+    request = f"follow={args.follow} mix={args.mix} n={args.n} steps={args.steps or 'default'}" + (
         " digit=" + str(args.digit) if args.mix == "mnist" else ""
     )
     print(f"{args.clients} clients for {args.seconds:.0f} s, {request}")
