@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import threading
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -21,50 +21,25 @@ from core import events, storage
 from core.operations import OPERATIONS, OperationParams
 from core.protocol import JobCanceled, cancel_key
 from core.settings import Settings
-from workers import registry as model_registry
 from workers.frame import JobFrame
-from workers.worker import ResidentWorker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def settings(redis_server, mnist_checkpoints: dict[str, str], tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=redis_server.url,
-        queue_name=f"events-{uuid.uuid4().hex[:8]}",
-        results_dir=tmp_path,
-        mnist_time_checkpoint=mnist_checkpoints["MNIST_TIME_CHECKPOINT"],
-        mnist_class_checkpoint=mnist_checkpoints["MNIST_CLASS_CHECKPOINT"],
-        if_enabled="false",
-        device="cpu",
-        preview_every=3,
-        result_ttl_s=3600,
-    )
-
-
-@pytest.fixture
-def queue(settings: Settings) -> Iterator[Queue]:
-    model_registry.install(model_registry.build_registry(settings), settings)
-    redis = Redis.from_url(settings.redis_url)
-    yield Queue(settings.queue_name, connection=redis)
-    redis.close()
+def settings_overrides() -> dict[str, Any]:
+    return {"preview_every": 3, "result_ttl_s": 3600}
 
 
 def _stream(redis: Redis, job_id: str) -> list[events.Event]:
     return [events.parse_entry(job_id, i, f) for i, f in redis.xrange(events.stream_key(job_id))]
 
 
-def _work(queue: Queue) -> None:
-    worker = ResidentWorker([queue], connection=queue.connection, heartbeat_s=1, dead_after_s=3, name=uuid.uuid4().hex)
-    worker.work(burst=True, with_scheduler=False)
-
-
-def test_a_job_with_previews_and_trajectory(queue: Queue, settings: Settings) -> None:
+def test_a_job_with_previews_and_trajectory(queue: Queue, settings: Settings, work: Callable[[], None]) -> None:
     op = OPERATIONS["mnist_sample"]
     params = op.params.bounded(settings)(digit=7, n=3, steps=7, seed=4, previews=True, trajectory=True)
     job, _ = api_jobs.submit(queue.connection, queue, settings, op, params)
-    _work(queue)
+    work()
     stream = _stream(queue.connection, job.id)
     assert [e.event for e in stream[:2]] == ["status", "status"]
     assert [e.data for e in stream[:2]] == [{"status": "queued"}, {"status": "running", "attempt": 1}]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
 from PIL import Image
-from redis import Redis
 from rq import Queue
 from rq.job import Job
 
@@ -24,30 +22,8 @@ from models import imageio
 from models.flow.grid import make_grid
 from models.flow.sampling import generate
 from workers import registry as model_registry
-from workers.worker import ResidentWorker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def settings(redis_server, mnist_checkpoints: dict[str, str], tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=redis_server.url,
-        queue_name=f"frame-{uuid.uuid4().hex[:8]}",
-        results_dir=tmp_path,
-        mnist_time_checkpoint=mnist_checkpoints["MNIST_TIME_CHECKPOINT"],
-        mnist_class_checkpoint=mnist_checkpoints["MNIST_CLASS_CHECKPOINT"],
-        if_enabled="false",
-        device="cpu",
-    )
-
-
-@pytest.fixture
-def queue(settings: Settings) -> Iterator[Queue]:
-    model_registry.install(model_registry.build_registry(settings), settings)
-    redis = Redis.from_url(settings.redis_url)
-    yield Queue(settings.queue_name, connection=redis)
-    redis.close()
 
 
 def _submit(queue: Queue, settings: Settings, **params: object) -> Job:
@@ -56,21 +32,9 @@ def _submit(queue: Queue, settings: Settings, **params: object) -> Job:
     return job
 
 
-def _work(queue: Queue, settings: Settings) -> None:
-    worker = ResidentWorker(
-        [queue],
-        connection=queue.connection,
-        heartbeat_s=1,
-        dead_after_s=3,
-        name=f"inproc-{uuid.uuid4().hex[:6]}",
-        default_result_ttl=settings.result_ttl_s,
-    )
-    worker.work(burst=True, with_scheduler=False)
-
-
-def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) -> None:
+def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings, work: Callable[[], None]) -> None:
     job = _submit(queue, settings, digit=4, n=3, steps=2, seed=11)
-    _work(queue, settings)
+    work()
     job.refresh()
     result = job.return_value()
     assert result["status"] == "succeeded" and result["main"] == "samples.png"
@@ -116,10 +80,14 @@ def test_a_job_writes_its_pngs_and_manifest(queue: Queue, settings: Settings) ->
     ],
 )
 def test_the_png_is_what_the_named_or_default_solver_draws(
-    queue: Queue, settings: Settings, request_params: dict[str, object], expected: dict[str, object]
+    queue: Queue,
+    settings: Settings,
+    request_params: dict[str, object],
+    expected: dict[str, object],
+    work: Callable[[], None],
 ) -> None:
     job = _submit(queue, settings, n=3, seed=7, **request_params)
-    _work(queue, settings)
+    work()
     job.refresh()
     folder = storage.job_dir(settings.results_dir, job.id)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -140,10 +108,12 @@ def test_the_png_is_what_the_named_or_default_solver_draws(
     assert job.meta["progress"]["total"] == expected["steps"]
 
 
-def test_a_cancel_flag_stops_the_job_at_its_first_step(queue: Queue, settings: Settings) -> None:
+def test_a_cancel_flag_stops_the_job_at_its_first_step(
+    queue: Queue, settings: Settings, work: Callable[[], None]
+) -> None:
     job = _submit(queue, settings, digit=1, n=2, steps=50, seed=1)
     queue.connection.set(cancel_key(job.id), "1")  # as the API does for a running job
-    _work(queue, settings)
+    work()
     job.refresh()
     assert job.return_value() == {"status": "canceled", "files": [], "main": None}
     assert api_jobs.state_of(job).value == "canceled"
@@ -157,24 +127,26 @@ def test_a_job_canceled_while_queued_has_a_finish_time(queue: Queue, settings: S
     assert body.status.value == "canceled" and body.started_at is None and body.finished_at is not None
 
 
-def test_parameters_are_validated_again_by_the_job(queue: Queue, settings: Settings) -> None:
+def test_parameters_are_validated_again_by_the_job(queue: Queue, settings: Settings, work: Callable[[], None]) -> None:
     job = queue.enqueue_call(
         func=OPERATIONS["mnist_sample"].job,
         kwargs={"params": {"n": 0, "seed": 1}},
         job_id=uuid.uuid4().hex,
         meta={"kind": "mnist_sample"},
     )
-    _work(queue, settings)
+    work()
     job.refresh()
     assert job.get_status() == "failed"
     assert job.meta["error"].startswith("invalid request: n: Input should be greater than or equal to 1")
 
 
-def test_an_error_inside_the_frame_fails_the_job_once_with_its_message(queue: Queue, settings: Settings) -> None:
+def test_an_error_inside_the_frame_fails_the_job_once_with_its_message(
+    queue: Queue, settings: Settings, work: Callable[[], None]
+) -> None:
     job = queue.enqueue_call(
         func="tests.fault_jobs.bug", kwargs={"params": {"seed": 1}}, meta={"kind": "bug"}, job_id=uuid.uuid4().hex
     )
-    _work(queue, settings)
+    work()
     job.refresh()
     assert job.get_status() == "failed" and job.meta["error"] == "RuntimeError: something broke"
     assert job.meta["attempts"] == 1 and job.retries_left == 0
