@@ -12,8 +12,10 @@ import io
 import multiprocessing
 import os
 import signal
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
@@ -68,17 +70,35 @@ class DecoderPool:
     """
 
     def __init__(self, processes: int | None = None) -> None:
-        processes = processes or max(1, min(4, os.cpu_count() or 1))
-        self._pool = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_child
-        )
+        self._processes = processes or max(1, min(4, os.cpu_count() or 1))
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_quiet_child)
 
     def warm_up(self) -> None:
         self._pool.submit(inspect_image, b"", 1).result()
 
     def inspect(self, data: bytes, max_pixels: int) -> Decoded | Refused:
-        """Blocking: call it from a worker thread (the operation handlers run in FastAPI's thread pool)."""
-        return self._pool.submit(inspect_image, data, max_pixels).result()
+        """Blocking: call it from a worker thread (the operation handlers run in FastAPI's thread pool).
+
+        A decoder process that dies (killed for memory, a crash in a codec) breaks the whole pool: it is
+        replaced and the upload tried once more; dying twice makes it a 422 rather than a 500 for everyone
+        after it."""
+        for attempt in range(2):
+            pool = self._pool
+            try:
+                return pool.submit(inspect_image, data, max_pixels).result()
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool:  # the first thread to see it replaces it
+                        self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+                if attempt:
+                    break
+        return Refused(422, "invalid-image", "the image could not be decoded (its decoder process died)")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
