@@ -29,7 +29,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self, cast
 
 import torch
 import torch.nn.functional as F
@@ -305,6 +305,8 @@ class TimeVelocity:
     Runs the network in ``model``'s dtype and returns ``x_t``'s dtype.
     """
 
+    network: Callable[..., torch.Tensor]
+
     def __init__(self, model: FlowUNet, c: torch.Tensor | None = None) -> None:
         self.network, self.c = UNetNetwork.of(model), c
 
@@ -353,12 +355,12 @@ class _FastCall:
         self.net = net
 
     @classmethod
-    def of(cls, net: FlowNet) -> _FastCall:
+    def of(cls, net: FlowNet) -> Self:
         cache = _FAST.setdefault(net, {})
         call = cache.get(cls)
         if call is None:
             call = cache[cls] = cls(net)
-        return call
+        return cast(Self, call)
 
     @property
     def key(self) -> tuple[FlowNet, bool]:
@@ -396,17 +398,12 @@ class FastGuided:
         return output.to(self.c.dtype)
 
 
-class FastPlain:
-    """The plain velocity on the fast path (a time model, or a class model with all-zero class rows)."""
+class FastPlain(TimeVelocity):
+    """The plain velocity on the fast path (a time model, or a class model with all-zero class rows): the rows
+    and rule of :class:`TimeVelocity`, the network call of the :class:`~models.flow.inference.FlowNet`."""
 
     def __init__(self, net: FlowNet, c: torch.Tensor | None = None) -> None:
         self.network, self.c = _FastPlainCall.of(net), c
-
-    def inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": x_t, "t": t} | ({} if self.c is None else {"c": self.c})
-
-    def combine(self, output: torch.Tensor) -> torch.Tensor:
-        return output
 
 
 class _EvalMode:
