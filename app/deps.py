@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from redis import Redis
-from rq import Queue
 
 from app.imagecheck import DecoderPool
+from app.jobs import QueueDepth
 from app.problems import Problem
+from core.lifecycle import Lifecycle
 from core.settings import Settings
 
 
@@ -32,13 +33,21 @@ def get_redis(request: Request) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
-def get_queue(request: Request) -> Queue:
-    """The job queue, made once by the app's lifespan (a Queue caches what it learns about the server)."""
-    queue: Queue = request.app.state.queue
-    return queue
+def get_lifecycle(request: Request) -> Lifecycle:
+    """The job records and the queue (``core.lifecycle``), made once by the app's lifespan."""
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
-QueueDep = Annotated[Queue, Depends(get_queue)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+
+
+def get_depth(request: Request) -> QueueDepth:
+    depth: QueueDepth = request.app.state.depth
+    return depth
+
+
+DepthDep = Annotated[QueueDepth, Depends(get_depth)]
 
 
 def get_decoder(request: Request) -> DecoderPool:

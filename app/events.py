@@ -1,16 +1,15 @@
-"""Live job events for ``GET /jobs/{id}/events``: one hub per API process fans the events out to its listeners.
+"""Live job events for ``GET /jobs/{id}/events`` and waits for a job's end: one hub per API process.
 
 The events of a job live in its Redis stream (``core.events``); each is also announced on one pub/sub channel.
 The hub holds the process's one subscription to that channel and hands each event to the listeners of its
 job; a listener first reads the job's stream after its ``Last-Event-ID`` (the backlog), then takes the live
 events, skipping any it has already sent (the stream id orders them), so nothing is lost or repeated.
 
-The API publishes the terminal ``done`` event from the job's real status (so that ``GET /jobs/{id}`` and
-the result URLs already answer when a client gets it): when a listener connects, when a worker announces
-that it left a job (a short series of checks, until RQ has stored the outcome), and on every keep-alive
-tick for every job that has listeners here, which also catches the ends no worker announces (a job
-timeout, a worker killed with -9 and its job failed or retried by RQ's cleanup). ``queue`` events (the
-position of a queued job) are sent to listeners only, when a job starts or ends and on each tick.
+The terminal ``done`` event is pushed by whatever ends the job (``core.record``), so the hub only relays it: to
+the listeners of the job and to the requests waiting for it (``wait``, behind ``Prefer: wait``). After a lost
+subscription, every listener re-reads its stream and every waiter its job's record, so an end announced while
+the hub was disconnected is not missed. ``queue`` events (the position of a queued job) are sent to listeners
+only, when a job starts or ends and on each keep-alive tick.
 """
 
 from __future__ import annotations
@@ -25,24 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from redis import Redis
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
-from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 from sse_starlette import ServerSentEvent
 
-from app import jobs
 from core import events
 from core.events import Event
+from core.lifecycle import Lifecycle
 from core.protocol import JobState
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LISTENER_QUEUE = 1000  # events buffered per listener; a slower client is re-synced from the stream
-SETTLE_DELAYS_S = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # checks after a worker left a job
 RETRY = 1000  # ms: how soon an EventSource reconnects
 
 
@@ -76,44 +70,31 @@ class Listener:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A job's real status as the hub last looked it up."""
+    """A job's state as the hub last looked it up."""
 
     state: JobState | None  # None: the job no longer exists
     position: int | None = None
+    body: dict[str, Any] | None = None
 
 
-def reconcile(redis: Redis, queue: Queue, settings: Settings, job_id: str) -> Snapshot:
-    """Publish what the job's stream lacks against its real status (blocking: run it in a thread): ``done``
-    once the job is terminal, ``status: queued`` when RQ put a running job back in the queue (a retry after
-    its worker died)."""
-    try:
-        job = Job.fetch(job_id, connection=redis)
-    except NoSuchJobError:
+def look_up(lifecycle: Lifecycle, job_id: str) -> Snapshot:
+    """The job's state, queue position and body (blocking: run it in a thread)."""
+    record, position, _ = lifecycle.view(job_id)
+    if record is None:
         return Snapshot(None)
-    state = jobs.state_of(job)
-    if state.terminal:
-        jobs.publish_done(redis, queue, settings, job)
-    elif state is JobState.queued:
-        published = redis.get(events.state_key(job_id))
-        if isinstance(published, bytes) and published.startswith(b"running"):
-            jobs.publish_event(redis, settings, job_id, "status", {"status": JobState.queued.value})
-        return Snapshot(state, queue.get_job_position(job_id))
-    return Snapshot(state)
+    return Snapshot(record.state, position, record.body(position))
 
 
 AREDIS_CONNECTIONS = 32
 
 
 class EventHub:
-    """The API process's one subscription to the event channel and its listeners (see the module docstring).
+    """The API process's one subscription to the event channel, its listeners and its waiters (see the module
+    docstring). Created by the app's lifespan; it connects when first needed and reconnects on its own."""
 
-    Created by the app's lifespan; it connects when the first listener arrives and reconnects on its own
-    (re-syncing every listener from the streams)."""
-
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, lifecycle: Lifecycle) -> None:
         self.settings = settings
-        self.redis = redis
-        self.queue = Queue(settings.queue_name, connection=redis)
+        self.lifecycle = lifecycle
         # A blocking pool: when a terminal event wakes hundreds of listeners at once, their reads wait for one of
         # AREDIS_CONNECTIONS connections instead of failing with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -121,6 +102,7 @@ class EventHub:
         )
         self.aredis = aioredis.Redis(connection_pool=pool)
         self.listeners: dict[str, set[Listener]] = defaultdict(set)
+        self.waiters: dict[str, set[asyncio.Future[dict[str, Any]]]] = defaultdict(set)
         self._positions: dict[str, int | None] = {}
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,6 +153,37 @@ class EventHub:
             del self.listeners[listener.job_id]
             self._positions.pop(listener.job_id, None)
 
+    # -- waiting for a job's end ------------------------------------------------------------------------------
+    def expect(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future that gets the job's final body when its ``done`` event arrives. Register it before the job
+        can end (before it is enqueued), then ``wait`` on it."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[job_id].add(future)
+        return future
+
+    def forget(self, job_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        group = self.waiters.get(job_id)
+        if group is not None:
+            group.discard(future)
+            if not group:
+                del self.waiters[job_id]
+        if not future.done():
+            future.cancel()
+
+    async def wait(self, job_id: str, future: asyncio.Future[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
+        """The job's final body, or None if it has not ended within ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self.forget(job_id, future)
+
+    def _resolve(self, job_id: str, body: dict[str, Any]) -> None:
+        for future in self.waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(body)
+
     # -- the subscription ---------------------------------------------------------------------------------
     async def _read(self) -> None:
         delay = 0.1
@@ -181,9 +194,7 @@ class EventHub:
                 await pubsub.subscribe(events.CHANNEL)
                 self._ready.set()
                 if not first:  # messages may have been lost while disconnected
-                    for group in self.listeners.values():
-                        for listener in group:
-                            listener.put(RESYNC)
+                    self._resync()
                 first, delay = False, 0.1
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
@@ -199,23 +210,33 @@ class EventHub:
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
+
+    def _resync(self) -> None:
+        for group in self.listeners.values():
+            for listener in group:
+                listener.put(RESYNC)
+        for job_id in list(self.waiters):
+            self._spawn(self._recheck_waiter(job_id))
+
+    async def _recheck_waiter(self, job_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            snapshot = await anyio.to_thread.run_sync(look_up, self.lifecycle, job_id)
+            if snapshot.body is not None and snapshot.state is not None and snapshot.state.terminal:
+                self._resolve(job_id, snapshot.body)
 
     def _dispatch(self, event: Event) -> None:
-        group = self.listeners.get(event.job_id)
-        if event.event == events.ENDED:
-            if group:
-                self._spawn(self._settle(event.job_id))
-            return
-        for listener in group or ():
+        if event.terminal:
+            self._resolve(event.job_id, event.data)
+        for listener in self.listeners.get(event.job_id) or ():
             listener.put(event)
         if event.event in ("status", "done") and any(p is not None for p in self._positions.values()):
             self._spawn(self._refresh_positions())  # a job started or ended: queued jobs moved up
 
-    # -- reconciliation -----------------------------------------------------------------------------------
+    # -- queue positions ------------------------------------------------------------------------------------
     async def check(self, job_id: str) -> Snapshot:
-        """Reconcile one job (in a thread) and send a changed queue position to its listeners."""
-        snapshot = await anyio.to_thread.run_sync(reconcile, self.redis, self.queue, self.settings, job_id)
+        """Look the job up (in a thread) and send a changed queue position to its listeners."""
+        snapshot = await anyio.to_thread.run_sync(look_up, self.lifecycle, job_id)
         self._apply(job_id, snapshot)
         return snapshot
 
@@ -233,19 +254,6 @@ class EventHub:
                 queued = Event(job_id, None, "queue", {"position": snapshot.position})
                 for listener in group:
                     listener.put(queued)
-
-    async def _settle(self, job_id: str) -> None:
-        """A worker left the job: publish ``done`` as soon as RQ has stored its outcome."""
-        for delay in SETTLE_DELAYS_S:
-            await asyncio.sleep(delay)
-            if job_id not in self.listeners:
-                return
-            try:
-                snapshot = await self.check(job_id)
-            except RedisError:
-                return  # the tick will try again
-            if snapshot.state is None or snapshot.state is not JobState.running:
-                return
 
     async def _refresh_positions(self) -> None:
         if self._refreshing:
@@ -271,7 +279,7 @@ class EventHub:
                 try:
                     await self.check(job_id)
                 except RedisError as exc:
-                    log.warning("could not reconcile job %s: %s", job_id, exc)
+                    log.warning("could not look up job %s: %s", job_id, exc)
                     break
 
     # -- one stream -----------------------------------------------------------------------------------------
@@ -297,7 +305,7 @@ class EventHub:
                 if event.terminal:
                     return
             if first.state is not None and first.state.terminal:
-                return  # its done event is stored (check published it) and the client had it already
+                return  # its done event is stored and the client had it already
             while True:
                 item = await listener.items.get()
                 if item is GONE:

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from redis import Redis
-from rq import Queue
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -20,9 +19,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.docs import install_docs
 from app.events import EventHub
 from app.imagecheck import DecoderPool
+from app.jobs import QueueDepth
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
+from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
-        app.state.queue = Queue(settings.queue_name, connection=app.state.redis)
-        app.state.events = EventHub(settings, app.state.redis)
+        app.state.queue = service_queue(settings.queue_name, app.state.redis)
+        app.state.lifecycle = Lifecycle(
+            app.state.redis,
+            app.state.queue,
+            result_ttl_s=settings.result_ttl_s,
+            tombstone_ttl_s=settings.tombstone_ttl_s,
+        )
+        app.state.depth = QueueDepth()
+        app.state.events = EventHub(settings, app.state.lifecycle)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)

@@ -3,7 +3,10 @@
 | module | what it holds |
 | --- | --- |
 | `settings` | the one pydantic-settings class (`Settings`, `get_settings`) |
-| `protocol` | the API-worker contract: job states, Redis keys, cancellation |
+| `protocol` | the API-worker contract: job states, job errors, Redis keys, cancellation |
+| `record` | the job record (one Redis hash per job), its client body, and the scripts of its transitions |
+| `lifecycle` | each transition of a job as one call: submit, view, start, event, finish, requeue, cancel, recover |
+| `events` | the live events of a job: schema, stream keys, parsing |
 | `operations` | one typed parameter model per operation, and the table of operations |
 | `storage` | result storage: one folder per job under `RESULTS_DIR` |
 

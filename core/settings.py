@@ -38,9 +38,18 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results stay downloadable")
     tombstone_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an expired id answers 410")
     max_queue_depth: int = Field(1000, ge=1, description="queued jobs beyond which submits get 503")
-    worker_heartbeat_s: int = Field(5, ge=1, description="worker liveness heartbeat while a job runs")
-    worker_dead_after_s: int = Field(30, ge=3, description="a running job without heartbeat for this long is abandoned")
-    worker_maintenance_s: int = Field(15, ge=1, description="how often workers look for abandoned jobs")
+    wait_max_s: float = Field(60, ge=0, le=3600, description="the longest `Prefer: wait=N` a submission may hold")
+    worker_heartbeat_s: int = Field(5, ge=1, description="how often a worker renews its liveness")
+    worker_dead_after_s: int = Field(
+        30, ge=3, description="a worker without heartbeat for this long is lost: its jobs are retried"
+    )
+    worker_maintenance_s: int = Field(15, ge=1, description="how often workers look for lost workers")
+    worker_shutdown_s: float = Field(
+        30, ge=0, description="on SIGTERM, how long a worker lets its jobs finish before handing the rest back"
+    )
+    store_write_timeout_s: float = Field(
+        30, gt=0, description="how long a worker retries writing a result to storage before failing the job"
+    )
 
     # --- batching (one worker, many jobs) -------------------------------------------------------
     batching: Literal["on", "off"] = Field(

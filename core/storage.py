@@ -95,3 +95,23 @@ def sweep_expired(results_dir: Path, max_age_s: float, now: float | None = None)
     if removed:
         log.info("removed %d expired result folders", removed)
     return removed
+
+
+class FolderFiles:
+    """The job-scoped files of the results folder: ``put`` / ``get`` of ``<job>/<name>``, where ``name`` may have
+    one folder level (``inputs/image``, ``previews/0005.png``); every part is checked."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.root = Path(results_dir)
+
+    def path(self, job_id: str, name: str) -> Path:
+        parts = name.split("/")
+        if not (1 <= len(parts) <= 2) or not all(FILE_NAME_RE.fullmatch(part) for part in parts):
+            raise ValueError(f"bad file name {name!r}")
+        return job_dir(self.root, job_id).joinpath(*parts)
+
+    def put(self, job_id: str, name: str, data: bytes, content_type: str | None = None) -> None:
+        write_bytes_atomic(self.path(job_id, name), data)
+
+    def get(self, job_id: str, name: str) -> bytes:
+        return self.path(job_id, name).read_bytes()

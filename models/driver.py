@@ -17,6 +17,10 @@ by one request (its inputs, its step, its callback: a cancellation) ends that re
 fails for a reason other than memory is retried one request at a time, so that only the request whose rows
 cause the failure fails.
 
+A request may carry a *deadline* (``time.monotonic()`` seconds): before each step the driver ends every request
+whose deadline has passed with ``DeadlineExceeded``, so a job's time limit is enforced between two steps, by the
+loop itself (no timer, no exception raised into another thread).
+
 ``drive(request)`` runs one request alone on a fresh driver: the single-request path is this same loop.
 No threads here; ``workers.batcher`` runs a driver in a thread for the worker's jobs in flight.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
@@ -32,7 +37,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Network", "Request", "Runner", "StepDriver", "drive", "drive_all", "network_key"]
+__all__ = ["DeadlineExceeded", "Network", "Request", "Runner", "StepDriver", "drive", "drive_all", "network_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,10 @@ class Request(Protocol):
 
 Runner = Callable[[Request], None]
 """Runs a request to its end (raising its error): ``drive`` alone, or a worker's batcher shared by many jobs."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request was still running when its deadline passed; the driver ended it before its next step."""
 
 
 def network_key(network: Any) -> Any:
@@ -147,6 +156,7 @@ def _forward(network: Network, inputs: Inputs, max_rows: int | None) -> Any:
 class _Entry:
     request: Request
     order: int  # when it last advanced (or was submitted): smaller = has waited longer
+    deadline: float | None = None  # time.monotonic() past which it is ended
     error: BaseException | None = None
     done: bool = False
 
@@ -171,9 +181,10 @@ class StepDriver:
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
 
-    def submit(self, request: Request) -> Request:
-        """Add a request; it joins at the next step."""
-        self._entries.append(_Entry(request, next(self._clock)))
+    def submit(self, request: Request, *, deadline: float | None = None) -> Request:
+        """Add a request; it joins at the next step. Past ``deadline`` (``time.monotonic()``) it is ended with
+        ``DeadlineExceeded`` before the next step."""
+        self._entries.append(_Entry(request, next(self._clock), deadline))
         return request
 
     def discard(self, request: Request) -> bool:
@@ -195,8 +206,12 @@ class StepDriver:
 
     def step(self) -> None:
         """One evaluation for the requests that fit: per network, one forward (see the module docstring)."""
+        now = time.monotonic()
+        for entry in self._entries:
+            if entry.deadline is not None and now >= entry.deadline:
+                self._fail(entry, DeadlineExceeded("the request ran past its deadline"))
         groups: dict[Any, list[_Entry]] = {}
-        for entry in sorted(self._entries, key=lambda e: e.order):
+        for entry in sorted((e for e in self._entries if not e.done), key=lambda e: e.order):
             groups.setdefault(network_key(entry.request.network), []).append(entry)
         for entries in groups.values():
             self._step_group(entries)
@@ -256,11 +271,12 @@ class StepDriver:
         entry.error, entry.done = exc, True
 
 
-def drive(request: Request, *, max_rows: int | None = None) -> None:
-    """Run one request alone to its end on a fresh driver (the single-request path); re-raise its error."""
+def drive(request: Request, *, max_rows: int | None = None, deadline: float | None = None) -> None:
+    """Run one request alone to its end on a fresh driver (the single-request path); re-raise its error
+    (``DeadlineExceeded`` past ``deadline``)."""
     errors: list[BaseException] = []
     driver = StepDriver(max_rows=max_rows, on_finish=lambda _, error: errors.extend([error] if error else []))
-    driver.submit(request)
+    driver.submit(request, deadline=deadline)
     driver.run()
     if errors:
         raise errors[0]

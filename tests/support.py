@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis as redis_client
+
+from core.lifecycle import Lifecycle, service_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,3 +229,12 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log"))
+
+
+def enqueue_raw(stack: Stack, func: str) -> str:
+    """Enqueue a test job function the way the API enqueues an operation (hex id, the record, one retry)."""
+    job_id = uuid.uuid4().hex
+    redis = redis_client.Redis.from_url(stack.redis_url)
+    lifecycle = Lifecycle(redis, service_queue(stack.env["QUEUE_NAME"], redis), result_ttl_s=3600, tombstone_ttl_s=3600)
+    lifecycle.submit(job_id, kind=func.rpartition(".")[2], func=func, params={"seed": 1}, retries=1, timeout_s=60)
+    return job_id

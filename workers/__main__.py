@@ -1,32 +1,37 @@
 """Worker entry point: ``python -m workers``.
 
-Reads the settings, loads the resident models once, publishes what it can serve and why not the rest
-(for /readyz and the API's 503 answers), sweeps expired results, then runs the no-fork worker. On SIGINT or
-SIGTERM it finishes the job at hand, unregisters and exits 0; if Redis is already gone it says so in one
-line instead of a traceback.
+Reads the settings, loads the resident models once, publishes what it can serve and why not the rest (for
+/readyz and the API's 503 answers), sweeps expired results, then runs the work loop (``workers.loop``). It
+waits for Redis if Redis is not up yet, and rides out Redis restarts. On SIGTERM or SIGINT it takes no new job,
+lets the jobs it holds finish within WORKER_SHUTDOWN_S, hands the rest back to the queue, and exits 0; a
+second SIGINT (Ctrl-C twice) hands them back at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
+from types import FrameType
 
 from redis import Redis
-from redis.exceptions import RedisError
-from rq import Queue
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
-from core.protocol import capabilities_key
-from core.settings import get_settings
-from core.storage import sweep_expired
+from core.lifecycle import Lifecycle, service_queue
+from core.settings import Settings, get_settings
+from core.storage import FolderFiles, sweep_expired
 from workers import registry as model_registry
 from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
-from workers.worker import ResidentWorker
+from workers.context import WorkerEnv
+from workers.loop import CLAIM_BLOCK_S, JobPool, WorkLoop
 
 log = logging.getLogger("workers")
 
@@ -41,8 +46,21 @@ def _sweeper(results_dir: Path, max_age_s: float, stop: threading.Event, every_s
             return
 
 
+def connect(settings: Settings) -> Redis:
+    """The worker's Redis client: short connect timeouts, a read timeout above the claim's block, and a few quick
+    retries of a failed command (the loop adds its own backoff for longer outages)."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=CLAIM_BLOCK_S + 5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one resident-model RQ worker.")
+    parser = argparse.ArgumentParser(description="Run one resident-model worker.")
     parser.add_argument("--name", default=None, help="worker name (default host:pid)")
     parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     args = parser.parse_args(argv)
@@ -50,54 +68,75 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.results_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or f"{socket.gethostname()}:{os.getpid()}"
 
-    batcher = Batcher(max_rows=settings.max_batch_rows).start() if settings.batching == "on" else None
-    # With batching, the batcher thread loads and warms the models too: one thread does the process's heavy
-    # torch work (see Batcher.call); without it, the main thread runs every job, so it loads them.
-    registry = (
-        batcher.call(lambda: model_registry.build_registry(settings))
-        if batcher is not None
-        else model_registry.build_registry(settings)
-    )
+    batching = settings.batching == "on"
+    max_inflight = settings.max_inflight_jobs if batching else 1
+    batcher = Batcher(max_rows=settings.max_batch_rows).start() if batching else None
+    pool = JobPool(max_inflight)
+    # One thread does the process's heavy torch work (see Batcher.call): the batcher's with batching, else the
+    # one job thread, which loads the models too.
+    load = lambda: model_registry.build_registry(settings)  # noqa: E731
+    registry = batcher.call(load) if batcher is not None else pool.call(load)
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
+    queue = service_queue(settings.queue_name, redis)
+    lifecycle = Lifecycle(redis, queue, result_ttl_s=settings.result_ttl_s, tombstone_ttl_s=settings.tombstone_ttl_s)
     cancels = CancelWatch(redis)
-    model_registry.install(registry, settings, batcher.run if batcher is not None else None, cancels)
-    queue = Queue(settings.queue_name, connection=redis)
-    name = args.name or f"{socket.gethostname()}:{os.getpid()}"
-    worker = ResidentWorker(
-        [queue],
+    env = WorkerEnv(
         name=name,
-        connection=redis,
+        settings=settings,
+        registry=registry,
+        lifecycle=lifecycle,
+        files=FolderFiles(settings.results_dir),
+        batcher=batcher,
+        cancels=cancels,
+    )
+    loop = WorkLoop(
+        env,
+        max_inflight=max_inflight,
         heartbeat_s=settings.worker_heartbeat_s,
         dead_after_s=settings.worker_dead_after_s,
-        maintenance_interval=settings.worker_maintenance_s,
-        default_result_ttl=settings.result_ttl_s,
-        max_inflight=settings.max_inflight_jobs if batcher is not None else 1,
+        maintenance_s=settings.worker_maintenance_s,
+        shutdown_s=settings.worker_shutdown_s,
+        describe=registry.describe,
+        pool=pool,
     )
-    stop = threading.Event()
-    try:
-        cancels.start()
-        redis.hset(capabilities_key(), name, json.dumps(registry.describe()))
-        threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, stop), daemon=True).start()
+    signals = {"count": 0}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signals["count"] += 1
+        now = signals["count"] > 1
         log.info(
-            "worker %s ready on queue %r with %s; %s",
+            "worker %s: %s received; %s",
             name,
-            settings.queue_name,
-            registry.operations(),
-            f"batching up to {settings.max_inflight_jobs} jobs, {settings.max_batch_rows} rows a forward"
-            if batcher is not None
-            else "one job at a time (BATCHING=off)",
+            signal.Signals(signum).name,
+            "handing the jobs back now"
+            if now
+            else f"finishing the jobs in flight (at most {settings.worker_shutdown_s} s)",
         )
-        worker.work(burst=args.burst, with_scheduler=False, logging_level=settings.log_level)
-        redis.hdel(capabilities_key(), name)
-    except RedisError as exc:
-        log.error("worker %s stopped: Redis at %s is unreachable (%s)", name, settings.redis_url, exc)
-        return 1
+        loop.request_stop(now=now)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sweeping = threading.Event()
+    threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, sweeping), daemon=True).start()
+    cancels.start()
+    log.info(
+        "worker %s ready on queue %r with %s; %s",
+        name,
+        settings.queue_name,
+        registry.operations(),
+        f"batching up to {settings.max_inflight_jobs} jobs, {settings.max_batch_rows} rows a forward"
+        if batcher is not None
+        else "one job at a time (BATCHING=off)",
+    )
+    try:
+        loop.run(burst=args.burst)
     finally:
-        stop.set()
+        sweeping.set()
         cancels.stop()
         if batcher is not None:
             batcher.stop()

@@ -1,11 +1,12 @@
 """The batcher: one thread that drives the sampling requests of every job in flight (continuous batching).
 
-Each job runs in its own thread (``workers.worker``) and hands its request to ``Batcher.run``, which blocks
-until the request has finished. The batcher thread owns one ``models.driver.StepDriver``: at each step it
+Each job runs on a thread of the worker's job pool (``workers.loop``) and hands its request to ``Batcher.run``,
+which blocks until the request has finished. The batcher thread owns one ``models.driver.StepDriver``: at each step it
 admits the requests submitted since the last step, runs one forward per network for all of them (rows of
 different operations, settings and timesteps together, at most ``max_rows`` rows a forward), and lets each
 request apply its own rule, hook and callback (progress, cancellation). A request that finishes or fails
-leaves at once and wakes its job thread; the others go on.
+leaves at once and wakes its job thread; the others go on. A request's deadline (its job's time limit) is
+enforced by the driver between steps.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from models.driver import Request, StepDriver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-WAKE_S = 0.2  # a waiting job thread wakes this often, so that a job timeout (an async exception) can land
 
 
 @dataclass(eq=False)
@@ -42,7 +41,7 @@ class Batcher:
     def __init__(self, *, max_rows: int | None) -> None:
         self._driver = StepDriver(max_rows=max_rows, on_finish=self._finished)
         self._lock = threading.Condition()
-        self._incoming: list[Request] = []
+        self._incoming: list[tuple[Request, float | None]] = []
         self._calls: list[tuple[Callable[[], Any], _Ticket, list[Any]]] = []
         self._discarded: list[Request] = []
         self._tickets: dict[int, _Ticket] = {}
@@ -64,21 +63,21 @@ class Batcher:
             self._lock.notify_all()
         self._thread.join(10)
 
-    def run(self, request: Request) -> None:
-        """Drive ``request`` to its end together with the other jobs' requests; re-raise its error.
+    def run(self, request: Request, *, deadline: float | None = None) -> None:
+        """Drive ``request`` to its end together with the other jobs' requests; re-raise its error
+        (``models.driver.DeadlineExceeded`` past ``deadline``, a ``time.monotonic()`` value).
 
-        Blocks the calling job thread. If the wait is interrupted (a job timeout), the request is discarded.
+        Blocks the calling job thread. If the wait itself is interrupted, the request is discarded.
         """
         ticket = _Ticket()
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the batcher has stopped")
             self._tickets[id(request)] = ticket
-            self._incoming.append(request)
+            self._incoming.append((request, deadline))
             self._lock.notify_all()
         try:
-            while not ticket.done.wait(WAKE_S):
-                pass
+            ticket.done.wait()
         except BaseException:
             with self._lock:
                 self._discarded.append(request)
@@ -143,8 +142,8 @@ class Batcher:
             discarded, self._discarded = self._discarded, []
             calls, self._calls = self._calls, []
         self._run_calls(calls)
-        for request in incoming:
-            self._driver.submit(request)
+        for request, deadline in incoming:
+            self._driver.submit(request, deadline=deadline)
         for request in discarded:
             self._driver.discard(request)
             with self._lock:

@@ -1,10 +1,11 @@
 """Which jobs in flight have been canceled, without a Redis round trip per sampling step.
 
-The API sets a job's cancel key and publishes its id on ``core.protocol.cancel_channel()``. A worker keeps one
-subscription to that channel (``CancelWatch``) and a set of its canceled jobs in flight, so that a job's
-per-step check is a set lookup: with many jobs batched into one step, per-job Redis calls would cost more
-than the step. A job's key is read once when it starts (a cancel that came before), and again for every
-job in flight after the subscription had to reconnect (messages may have been missed meanwhile).
+The API sets a running job's ``cancel`` field in its record and publishes its id on
+``core.protocol.cancel_channel()`` (one script). A worker keeps one subscription to that channel (``CancelWatch``)
+and a set of its canceled jobs in flight, so that a job's per-step check is a set lookup: with many jobs batched
+into one step, per-job Redis calls would cost more than the step. A job's flag comes with its start (a cancel
+that came before), and the flags of every job in flight are read again after the subscription had to reconnect
+(messages may have been missed meanwhile).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
-from core.protocol import cancel_channel, cancel_key
+from core.protocol import cancel_channel
+from core.record import record_key
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,11 @@ class CancelWatch:
         self._stop.set()
         self._thread.join(5)
 
-    def watch(self, job_id: str) -> None:
-        """Start watching a job (and read its cancel key once: a cancel may have come before it started)."""
+    def watch(self, job_id: str, *, already: bool = False) -> None:
+        """Start watching a job; ``already``: its record's cancel flag when it started."""
         with self._lock:
             self._watched.add(job_id)
-        if self._redis.exists(cancel_key(job_id)):
-            with self._lock:
+            if already:
                 self._canceled.add(job_id)
 
     def unwatch(self, job_id: str) -> None:
@@ -59,13 +60,10 @@ class CancelWatch:
             self._canceled.discard(job_id)
 
     def canceled(self, job_id: str) -> bool:
-        """True once the job has been canceled; falls back to its key while the subscription is down."""
+        """True once the job has been canceled (as far as this worker has heard: while the subscription is down,
+        a cancel is learnt when it is back)."""
         with self._lock:
-            if job_id in self._canceled:
-                return True
-        if not self._ready.is_set():
-            return bool(self._redis.exists(cancel_key(job_id)))
-        return False
+            return job_id in self._canceled
 
     def _recheck(self) -> None:
         with self._lock:
@@ -74,14 +72,14 @@ class CancelWatch:
             return
         with self._redis.pipeline(transaction=False) as pipe:
             for job_id in watched:
-                pipe.exists(cancel_key(job_id))
+                pipe.hget(record_key(job_id), "cancel")
             flags = pipe.execute()
         with self._lock:
-            self._canceled.update(j for j, flag in zip(watched, flags, strict=True) if flag)
+            self._canceled.update(j for j, flag in zip(watched, flags, strict=True) if flag in (b"1", "1"))
 
     def _listen(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(cancel_channel())
                 self._recheck()

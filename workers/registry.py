@@ -1,9 +1,8 @@
 """Resident models: loaded once when the worker process starts, shared by every job.
 
-The entry point builds a `ModelRegistry` from the settings and installs it with `install()`; job
-functions get it (and the settings) with `get_registry()` / `get_settings()`. A model that fails to load
-is recorded with the reason; its operations are not advertised, and the reason is published for each of
-them, so that /readyz and the API's 503 answers can say why.
+The entry point builds a `ModelRegistry` from the settings and hands it to the work loop, whose jobs reach it
+through their ``JobContext``. A model that fails to load is recorded with the reason; its operations are not
+advertised, and the reason is published for each of them, so that /readyz and the API's 503 answers can say why.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import torch
 
 from core.operations import IF_UPSCALE, OPERATIONS
 from core.settings import Settings
-from models.driver import Runner
-from workers.cancellation import CancelWatch
 
 if TYPE_CHECKING:
     from models.diffusion.fast import FastOptions
@@ -50,7 +47,9 @@ def if_wanted(settings: Settings, device: torch.device) -> tuple[bool, str | Non
         return True, None
     return False, (
         f"DeepFloyd IF is off: IF_ENABLED=auto loads it only on a CUDA device and this worker runs on "
-        f"{device.type} (set IF_ENABLED=true to run it here anyway)"
+        f"{device.type}. To try every endpoint here, start the service with TINY_IF=1 (`TINY_IF=1 make run`: tiny "
+        "random-weight pipelines, the images are noise); IF_ENABLED=true loads the real weights on this device "
+        "(they must be in the local Hugging Face cache offline, and a CPU takes minutes per image)"
     )
 
 
@@ -156,53 +155,6 @@ def mnist_network(model: Any, settings: Settings) -> Any:
 
 def _jsonable(config: Any) -> Any:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else str(config)
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What job functions reach through the process: the settings, the resident models and the runner of
-    their sampling requests (the batcher shared by the jobs in flight, or None: each job alone)."""
-
-    settings: Settings
-    registry: ModelRegistry
-    runner: Runner | None = None
-    cancels: CancelWatch | None = None
-
-
-_CONTEXT: WorkerContext | None = None
-
-
-def install(
-    registry: ModelRegistry, settings: Settings, runner: Runner | None = None, cancels: CancelWatch | None = None
-) -> None:
-    """Called once by the worker entry point (or an in-process test worker), before it takes jobs."""
-    global _CONTEXT
-    _CONTEXT = WorkerContext(settings, registry, runner, cancels)
-
-
-def _context() -> WorkerContext:
-    if _CONTEXT is None:
-        raise ModelNotLoaded("no model registry: jobs must run inside the worker started by `python -m workers`")
-    return _CONTEXT
-
-
-def get_registry() -> ModelRegistry:
-    return _context().registry
-
-
-def get_cancels() -> CancelWatch | None:
-    """The worker's cancel subscription, or None (each check then reads the job's cancel key)."""
-    return _context().cancels
-
-
-def get_runner() -> Runner | None:
-    """The runner for sampling requests: the worker's batcher, or None to run each request alone."""
-    return _context().runner
-
-
-def get_settings() -> Settings:
-    """The settings the worker was started with (the API reads the same class)."""
-    return _context().settings
 
 
 def build_registry(settings: Settings) -> ModelRegistry:

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from app import jobs
-from app.deps import RedisDep, SettingsDep, require_api_key
+from app.deps import LifecycleDep, SettingsDep, require_api_key
 from app.events import EventHub
 from app.problems import Problem
 from app.routers.jobs import JobId
@@ -34,7 +34,7 @@ A `text/event-stream` of the job's events, each with its `id` (the position in t
 | `queue` | `{"position": 0}` while queued (0 = next); sent without an id |
 | `progress` | `{"step": 12, "total": 34, "stage": "I"}` (`stage` for DeepFloyd: I, or II for the upscale) |
 | `preview` | `{"step": 10, "total": 34, "stage": "I", "name": "I-0010.png", "url": "/jobs/{id}/previews/I-0010.png"}` (jobs submitted with `previews=true`) |
-| `done` | the job as `GET /jobs/{id}` shows it: `status` succeeded, failed or canceled, `results`, `result_url`, `error` |
+| `done` | the job as `GET /jobs/{id}` shows it: `status` succeeded, failed or canceled, `results`, `result_url`, `error`, `error_code` |
 
 Every job gets exactly one `done` event, last, and the stream ends after it. Send `Last-Event-ID` (as
 EventSource does when it reconnects) to resume after that event without losing or repeating any.
@@ -57,7 +57,7 @@ Keep-alive comments come every `EVENTS_KEEPALIVE_S` seconds.
 async def job_events(
     job_id: JobId,
     request: Request,
-    redis: RedisDep,
+    lifecycle: LifecycleDep,
     settings: SettingsDep,
     last_event_id: Annotated[
         str | None,
@@ -74,7 +74,7 @@ async def job_events(
         raise Problem(
             503, "too-many-listeners", "too many event streams are open; retry later", headers={"Retry-After": "5"}
         )
-    await run_in_threadpool(jobs.fetch, redis, job_id)  # 404 / 410
+    await run_in_threadpool(jobs.fetch, lifecycle, job_id)  # 404 / 410
     if not await hub.ready():
         raise Problem(
             503,
@@ -105,8 +105,8 @@ PreviewName = Annotated[str, Path(description="a name from a `preview` event", e
     responses={200: {"content": {"image/png": {}}, "description": "the PNG"}, **_ERRORS},
 )
 @router.head("/{job_id}/previews/{name}", include_in_schema=False)
-def get_preview(job_id: JobId, name: PreviewName, redis: RedisDep, settings: SettingsDep) -> FileResponse:
-    jobs.fetch(redis, job_id)
+def get_preview(job_id: JobId, name: PreviewName, lifecycle: LifecycleDep, settings: SettingsDep) -> FileResponse:
+    jobs.fetch(lifecycle, job_id)
     if not events.PREVIEW_NAME_RE.fullmatch(name):
         raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}")
     path = storage.job_dir(settings.results_dir, job_id) / events.PREVIEWS / name

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Worker
 
-from app.deps import QueueDep, RedisDep
+from app.deps import LifecycleDep
 from app.jobs import operation_states
 from app.schemas import Health, Readiness, WorkerInfo
-from core.protocol import capabilities_key
 
 router = APIRouter(tags=["health"])
 
@@ -23,36 +18,26 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-def live_workers(redis: Redis, queue: Queue) -> list[WorkerInfo]:
-    """Workers registered in RQ (their keys expire without heartbeats) with what each has loaded."""
-    caps = {k.decode() if isinstance(k, bytes) else k: v for k, v in redis.hgetall(capabilities_key()).items()}
-    out = []
-    for worker in Worker.all(queue=queue):
-        info = json.loads(caps.get(worker.name, "{}"))
-        out.append(
-            WorkerInfo(
-                name=worker.name,
-                state=str(worker.get_state()),
-                device=info.get("device"),
-                models=info.get("models", {}),
-                operations=info.get("operations", []),
-            )
-        )
-    return out
-
-
 @router.get(
     "/readyz",
     response_model=Readiness,
     summary="Redis reachable and at least one live worker; the state of every operation",
     responses={503: {"model": Readiness, "description": "not ready (no Redis or no worker)"}},
 )
-def readyz(redis: RedisDep, queue: QueueDep) -> JSONResponse:
+def readyz(lifecycle: LifecycleDep) -> JSONResponse:
     try:
-        redis.ping()
-        workers = live_workers(redis, queue)
-        _, states = operation_states(redis, queue)
-        depth = queue.count
+        live, states, infos = operation_states(lifecycle)
+        depth = int(lifecycle.redis.llen(lifecycle.queue.key))
+        workers = [
+            WorkerInfo(
+                name=name,
+                state=str(infos.get(name, {}).get("state", "idle")),
+                device=infos.get(name, {}).get("device"),
+                models=infos.get(name, {}).get("models", {}),
+                operations=infos.get(name, {}).get("operations", []),
+            )
+            for name in live
+        ]
     except RedisError as exc:
         body = Readiness(ready=False, redis=False, detail=f"Redis unreachable: {exc}")
         return JSONResponse(body.model_dump(mode="json"), status_code=503)

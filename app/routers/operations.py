@@ -2,22 +2,26 @@
 
 Every route is the same three steps: validate (the operation's parameter model as a query or form model,
 with the limits of the settings; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
-``Location: /jobs/{id}`` header and the job body. The handlers are plain functions, so FastAPI runs them in
-its thread pool: decoding a large upload or a slow Redis never blocks the event loop.
+``Location: /jobs/{id}`` header and the job body. With ``Prefer: wait=N`` (RFC 7240) the answer waits up to N
+seconds (at most WAIT_MAX_S) for the job's pushed ``done`` event and is ``200 OK`` with the final job body and
+``Preference-Applied: wait=N`` when the job ended in time. Upload checks and Redis calls run in the thread
+pool: decoding a large upload or a slow Redis never blocks the event loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from inspect import Parameter, Signature
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
-from rq.job import Job
+from starlette.concurrency import run_in_threadpool
 
 from app import jobs
-from app.deps import DecoderDep, IdempotencyKey, QueueDep, RedisDep, SettingsDep, require_api_key
+from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, require_api_key
+from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
@@ -26,7 +30,8 @@ from core.settings import Settings
 
 PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": JobBody, "description": "accepted; poll the Location header"},
+    200: {"model": JobBody, "description": "with `Prefer: wait=N`: the job ended within N seconds; its final body"},
+    202: {"model": JobBody, "description": "accepted; poll the Location header (or follow its events)"},
     401: {"description": "missing or wrong API key", "content": PROBLEM},
     422: {"description": "a parameter is out of range or malformed (named in `errors`)", "content": PROBLEM},
     503: {"description": "the queue is full or no worker can serve this operation", "content": PROBLEM},
@@ -37,28 +42,94 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="`wait=N` (RFC 7240): hold the answer up to N seconds (at most WAIT_MAX_S) until the job ends; "
+        "then 200 with the final job body and `Preference-Applied: wait=N`, else 202 as without it",
+        examples=["wait=30"],
+    ),
+]
+
+
+def wait_preference(prefer: str | None, cap: float) -> int | None:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240 section 4.3), capped; None without one. A malformed
+    preference is ignored, as the RFC asks of preferences a server does not understand."""
+    if not prefer:
+        return None
+    for preference in prefer.split(","):
+        token, _, value = preference.split(";", 1)[0].strip().partition("=")
+        if token.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if value.isdigit():
+                return int(min(int(value), cap))
+    return None
+
+
 class Submitter:
     """What a route needs to enqueue a job (a dependency, so each route names it once)."""
 
     def __init__(
-        self, redis: RedisDep, queue: QueueDep, settings: SettingsDep, idempotency_key: IdempotencyKey = None
+        self,
+        request: Request,
+        lifecycle: LifecycleDep,
+        settings: SettingsDep,
+        depth: DepthDep,
+        idempotency_key: IdempotencyKey = None,
+        prefer: PreferHeader = None,
     ) -> None:
-        self.redis, self.queue, self.settings, self.idempotency_key = redis, queue, settings, idempotency_key
+        self.hub: EventHub = request.app.state.events
+        self.lifecycle, self.settings, self.depth = lifecycle, settings, depth
+        self.idempotency_key = idempotency_key
+        self.wait = wait_preference(prefer, settings.wait_max_s)
 
-    def __call__(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
-        job, replayed = jobs.submit(
-            self.redis, self.queue, self.settings, op, params, uploads=uploads, idem_key=self.idempotency_key
+    async def __call__(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
+        submit = partial(
+            jobs.submit,
+            self.lifecycle,
+            self.settings,
+            op,
+            params,
+            uploads=uploads,
+            idem_key=self.idempotency_key,
+            depth=self.depth,
         )
-        return accepted(job, replayed, self.redis, self.queue)
+        if not self.wait or not await self.hub.ready():
+            body, replayed = await run_in_threadpool(submit)
+            return accepted(body, replayed)
+        job_id = jobs.new_job_id()
+        future = self.hub.expect(job_id)
+        try:
+            body, replayed = await run_in_threadpool(submit, job_id=job_id)
+        except BaseException:
+            self.hub.forget(job_id, future)
+            raise
+        if replayed:  # another job: wait for that one (it may have ended already)
+            self.hub.forget(job_id, future)
+            job_id = body["id"]
+            future = self.hub.expect(job_id)
+            record, position = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
+            if record.state.terminal:
+                self.hub.forget(job_id, future)
+                return accepted(record.body(position), replayed, waited=self.wait)
+        final = await self.hub.wait(job_id, future, self.wait)
+        if final is not None:
+            return accepted(final, replayed, waited=self.wait)
+        record, position = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
+        return accepted(record.body(position), replayed, waited=self.wait if record.state.terminal else None)
 
 
-def accepted(job: Job, replayed: bool, redis: Any, queue: Any) -> JSONResponse:
-    """``202 Accepted`` with ``Location`` and the job body (``Idempotent-Replayed: true`` for a replay)."""
-    body = jobs.view(job, redis, queue)
-    headers = {"Location": f"/jobs/{job.id}"}
+def accepted(body: dict[str, Any], replayed: bool, *, waited: int | None = None) -> JSONResponse:
+    """``202 Accepted`` with ``Location`` and the job body (``Idempotent-Replayed: true`` for a replay); ``200 OK``
+    with ``Preference-Applied: wait=N`` when the answer waited for the job's end."""
+    headers = {"Location": f"/jobs/{body['id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
+    done = waited is not None and body["status"] in ("succeeded", "failed", "canceled")
+    if done:
+        headers["Preference-Applied"] = f"wait={waited}"
+    return JSONResponse(body, status_code=200 if done else 202, headers=headers)
 
 
 def _check_uploads(
@@ -72,12 +143,15 @@ def _check_uploads(
     return {name: image.data for name, image in checked.items()}
 
 
-def _handler(op: Operation, settings: Settings) -> Callable[..., JSONResponse]:
+def _handler(op: Operation, settings: Settings) -> Callable[..., Any]:
     """The route function of ``op``; its signature (read by FastAPI) is built from the operation."""
     source = Query() if op.transport == "query" else Form()
 
-    def handler(params: OperationParams, submit: Submitter, decoder: DecoderDep, **files: UploadFile) -> JSONResponse:
-        return submit(op, params, _check_uploads(op, files, settings, decoder) if op.uploads else {})
+    async def handler(
+        params: OperationParams, submit: Submitter, decoder: DecoderDep, **files: UploadFile
+    ) -> JSONResponse:
+        uploads = await run_in_threadpool(_check_uploads, op, files, settings, decoder) if op.uploads else {}
+        return await submit(op, params, uploads)
 
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),

@@ -19,9 +19,12 @@ MAX_EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def live_api(redis_server, mnist_checkpoints, tmp_path_factory):
-    # No worker: jobs only queue, so the fuzzer exercises the HTTP surface; /readyz is 503 by design then.
+    # No worker: jobs only queue, so the fuzzer exercises the HTTP surface; /readyz is 503 by design then, and a
+    # `Prefer: wait` the fuzzer sends is held at most WAIT_MAX_S (then 202).
     stack = Stack(
-        redis_server.url, {**mnist_checkpoints, "MAX_QUEUE_DEPTH": "1000000"}, tmp_path_factory.mktemp("fuzz")
+        redis_server.url,
+        {**mnist_checkpoints, "MAX_QUEUE_DEPTH": "1000000", "WAIT_MAX_S": "1"},
+        tmp_path_factory.mktemp("fuzz"),
     )
     stack.start_api()
     yield stack

@@ -7,13 +7,12 @@ import io
 import statistics
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
 from PIL import Image
-from rq import Queue
 
+from tests.integration.test_reliability import enqueue_raw
 from tests.sse import Sse, parse, read_events
 from tests.support import Stack, wait_until
 
@@ -122,17 +121,14 @@ def test_a_canceled_job_ends_its_stream_queued_or_running(make_stack) -> None:
 
 
 def test_a_failed_job_ends_its_stream_with_the_error(stack: Stack) -> None:
-    queue = Queue(stack.env["QUEUE_NAME"], connection=__import__("redis").Redis.from_url(stack.redis_url))
-    job = queue.enqueue_call(
-        func="tests.fault_jobs.bug", kwargs={"params": {"seed": 1}}, meta={"kind": "bug"}, job_id=uuid.uuid4().hex
-    )
-    events = read_events(stack.client, job.id, timeout=60)
-    assert [e.event for e in _stored(events)] == ["status", "done"]
-    assert events[-1].data["status"] == "failed" and events[-1].data["error"] == "RuntimeError: something broke"
+    job_id = enqueue_raw(stack, "tests.fault_jobs.bug")
+    events = read_events(stack.client, job_id, timeout=60)
+    assert [e.event for e in _stored(events)] == ["status", "status", "done"]
+    assert events[-1].data["status"] == "failed" and events[-1].data["error_code"] == "internal-error"
 
 
 def test_a_job_whose_worker_died_still_gets_its_terminal_event(make_stack) -> None:
-    # no retry: RQ's cleanup fails the job; no frame is left to say so, the API's reconciliation does
+    # no retry: the live worker's recovery fails the job and pushes its done event
     stack = make_stack(JOB_RETRIES="0", EVENTS_KEEPALIVE_S="1")
     victim = stack.start_worker()
     job_id = _submit(stack, digit=1, n=100, steps=500)

@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
-from redis import Redis
-from rq import Queue, Retry
 
-from tests.support import RedisServer, Stack
-
-
-def _enqueue_raw(stack: Stack, func: str) -> str:
-    """Enqueue a test job function the way the API does (hex id, meta, one retry)."""
-    job_id = uuid.uuid4().hex
-    queue = Queue(stack.env["QUEUE_NAME"], connection=Redis.from_url(stack.redis_url))
-    queue.enqueue_call(func, job_id=job_id, retry=Retry(max=1), timeout=60, meta={"kind": func, "params": {}})
-    return job_id
+from tests.support import RedisServer, Stack, enqueue_raw
 
 
 @pytest.mark.parametrize(
-    "func,needle",
-    [("tests.fault_jobs.out_of_memory", "out of memory"), ("tests.fault_jobs.bug", "RuntimeError: something broke")],
+    "func,code,needle",
+    [
+        ("tests.fault_jobs.out_of_memory", "out-of-memory", "out of memory"),
+        ("tests.fault_jobs.bug", "internal-error", "internal error"),
+    ],
 )
-def test_failing_job_fails_clearly_once_and_worker_goes_on(stack: Stack, func: str, needle: str) -> None:
+def test_failing_job_fails_clearly_once_and_worker_goes_on(stack: Stack, func: str, code: str, needle: str) -> None:
     worker = stack.workers[0]
-    job_id = _enqueue_raw(stack, func)
+    job_id = enqueue_raw(stack, func)
     body = stack.wait_terminal(job_id, 30)
-    assert body["status"] == "failed" and needle in body["error"], body
+    assert body["status"] == "failed" and body["error_code"] == code and needle in body["error"], body
     assert body["attempts"] == 1  # an error raised by the job is not retried
-    assert "Traceback" not in body["error"]
+    assert "Traceback" not in body["error"] and "/" not in body["error"]  # no traceback, no server path
     ok = stack.client.post("/mnist/sample", params={"digit": 8, "n": 2, "steps": 2}).json()
     assert stack.wait_terminal(ok["id"])["status"] == "succeeded"
     assert worker.poll() is None

@@ -16,7 +16,7 @@ from models.diffusion.guidance import Anagram, ClassifierFree, Hybrid
 from models.diffusion.loop import DenoiseRequest, NoisePrediction
 from models.diffusion.schedule import DDPMSchedule, StridedTimesteps, cosine_alphas_cumprod, strided_timesteps
 from models.diffusion.views import get_view
-from models.driver import StepDriver, drive, drive_all
+from models.driver import DeadlineExceeded, StepDriver, drive, drive_all
 from models.flow.sampling import RULES, FlowRequest, time_grid
 
 SCHEDULE = DDPMSchedule(
@@ -162,6 +162,29 @@ def test_canceling_or_failing_one_request_leaves_the_others_unchanged() -> None:
     for i, request in enumerate(requests):
         if i not in errors:
             assert torch.equal(request.x, alone[i]), i
+
+
+def test_a_request_past_its_deadline_is_ended_before_its_next_step_alone() -> None:
+    """A job's time limit: the driver ends the late request between two steps; the others go on unchanged."""
+    alone = []
+    for request in if_requests(Denoiser()):
+        drive(request)
+        alone.append(request.x)
+    requests = if_requests(Denoiser())
+    steps: list[int] = []
+    requests[2].callback = lambda step, total, *_: steps.append(step)
+    ended: dict[int, BaseException | None] = {}
+    driver = StepDriver(on_finish=lambda r, e: ended.__setitem__(requests.index(r), e))
+    for i, request in enumerate(requests):
+        driver.submit(request, deadline=0.0 if i == 2 else None)  # already past: ended before its first step
+    driver.run()
+    assert isinstance(ended[2], DeadlineExceeded) and steps == []
+    for i, request in enumerate(requests):
+        if i != 2:
+            assert ended[i] is None and torch.equal(request.x, alone[i]), i
+    late = if_requests(Denoiser())[0]
+    with pytest.raises(DeadlineExceeded):
+        drive(late, deadline=0.0)
 
 
 def test_max_rows_caps_a_forward_and_the_longest_waiting_go_first() -> None:

@@ -1,5 +1,5 @@
-"""What the in-process worker tests share: settings on the test Redis and checkpoints, a queue whose worker
-context is installed, and an RQ burst worker that drains it."""
+"""What the in-process worker tests share: settings on the test Redis and checkpoints, the job lifecycle of a
+fresh queue, the worker's environment (resident models, result folder), and a burst work loop that drains it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from redis import Redis
-from rq import Queue
 
+from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings
+from core.storage import FolderFiles
 from workers import registry as model_registry
-from workers.worker import ResidentWorker
+from workers.context import WorkerEnv
+from workers.loop import WorkLoop
 
 
 @pytest.fixture
@@ -40,26 +42,44 @@ def settings(
 
 
 @pytest.fixture
-def queue(settings: Settings) -> Iterator[Queue]:
-    model_registry.install(model_registry.build_registry(settings), settings)
+def lifecycle(settings: Settings) -> Iterator[Lifecycle]:
     redis = Redis.from_url(settings.redis_url)
-    yield Queue(settings.queue_name, connection=redis)
+    yield Lifecycle(
+        redis,
+        service_queue(settings.queue_name, redis),
+        result_ttl_s=settings.result_ttl_s,
+        tombstone_ttl_s=settings.tombstone_ttl_s,
+    )
     redis.close()
 
 
+@pytest.fixture(scope="session")
+def _registries() -> dict[tuple[str, str], model_registry.ModelRegistry]:
+    return {}
+
+
 @pytest.fixture
-def work(queue: Queue, settings: Settings) -> Callable[[], None]:
-    """Run the queue's jobs to their end in this process (an RQ burst worker)."""
+def env(
+    settings: Settings, lifecycle: Lifecycle, _registries: dict[tuple[str, str], model_registry.ModelRegistry]
+) -> WorkerEnv:
+    """The environment of an in-process worker (its models loaded once per session and checkpoints)."""
+    key = (str(settings.mnist_time_checkpoint), str(settings.mnist_class_checkpoint))
+    if key not in _registries:
+        _registries[key] = model_registry.build_registry(settings)
+    return WorkerEnv(
+        name=f"inproc-{uuid.uuid4().hex[:6]}",
+        settings=settings,
+        registry=_registries[key],
+        lifecycle=lifecycle,
+        files=FolderFiles(settings.results_dir),
+    )
+
+
+@pytest.fixture
+def work(env: WorkerEnv) -> Callable[[], None]:
+    """Run the queue's jobs to their end in this process (a burst work loop, one job at a time)."""
 
     def drain() -> None:
-        worker = ResidentWorker(
-            [queue],
-            connection=queue.connection,
-            heartbeat_s=1,
-            dead_after_s=3,
-            name=f"inproc-{uuid.uuid4().hex[:6]}",
-            default_result_ttl=settings.result_ttl_s,
-        )
-        worker.work(burst=True, with_scheduler=False)
+        WorkLoop(env, max_inflight=1, heartbeat_s=1, dead_after_s=3, maintenance_s=60, shutdown_s=5).run(burst=True)
 
     return drain
