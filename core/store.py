@@ -464,8 +464,10 @@ class S3Store(ResultStore):
     most ``retries`` retries within ``read_timeout_s``.
 
     Expiry: `sweep` lists the prefix and deletes old jobs, which costs one LIST per 1,000 objects. In production a
-    bucket lifecycle rule (expire objects under ``PREFIX/`` after ``RESULT_TTL_S`` rounded up to days) does the
-    same without any request from the service; the sweep then finds nothing to do.
+    bucket lifecycle rule (expire objects under ``PREFIX/`` after ``RESULT_TTL_S`` rounded up to whole days) does
+    the same without any request from the service, and the sweep then finds nothing to do. A rule expires each
+    object by its own age, so a job's upload and previews go a little before its manifest (written last); a
+    download in between finds the manifest but not the file, which the API answers as expired.
     """
 
     def __init__(
@@ -613,7 +615,8 @@ class S3Store(ResultStore):
             except (ObstoreError, OSError) as exc:
                 raise self._failure("get", path, exc) from None
 
-        return StoredObject(info, first, last, chunks(), lambda: None)
+        body = chunks()
+        return StoredObject(info, first, last, body, body.close)  # closing drops the stream and its connection
 
     def _empty(self, job_id: str, name: str, path: str) -> StoredObject:
         info = self.stat(job_id, name)
