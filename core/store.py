@@ -43,7 +43,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -606,7 +606,7 @@ class S3Store(ResultStore):
         first, last = result.range
         stream = result.stream(min_chunk_size=CHUNK_SIZE)
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Generator[bytes, None, None]:
             try:
                 for chunk in stream:  # at least CHUNK_SIZE each: cut to at most CHUNK_SIZE, as the folder reads
                     view = memoryview(chunk)
