@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup lint test run postman screenshot worker api clean
+.PHONY: setup lint test run s3 postman screenshot worker api clean
 
 setup:            ## install everything on a fresh Debian machine (Python deps, redis-server, chromium, newman)
 	bash scripts/setup.sh
@@ -18,6 +18,9 @@ test:             ## run the whole test suite (starts its own redis-server, work
 
 run:              ## start Redis (if none answers at REDIS_URL), the API and one worker; Ctrl-C stops all
 	bash scripts/run.sh
+
+s3:               ## a local S3 server (SeaweedFS) with a bucket for RESULTS_URL; its settings in var/s3/env
+	VENV=$(VENV) bash scripts/s3.sh
 
 postman:          ## run the Postman collection with newman against a fresh service (tiny IF pipeline)
 	bash scripts/postman.sh

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,22 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     queue_name: str = "inference"
     results_dir: Path = PROJECT_ROOT / "var" / "results"
+    results_url: str | None = Field(
+        None,
+        description="s3://BUCKET/PREFIX keeps results and uploads in that (existing) S3 bucket instead of "
+        "RESULTS_DIR; empty: the RESULTS_DIR folder",
+    )
+    results_redirect: bool = Field(
+        False, description="downloads answer 307 to a presigned URL on the store instead of streaming (S3 only)"
+    )
+    results_presign_expiry_s: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="how long a presigned download URL stays valid"
+    )
+    # the standard variables of the AWS tools, read here so that a .env file sets them too
+    aws_endpoint_url: str | None = Field(None, description="the S3 endpoint (empty: AWS)")
+    aws_access_key_id: str | None = Field(None, description="S3 access key (empty: the client's own lookup)")
+    aws_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (empty: the client's own lookup)")
+    aws_default_region: str | None = Field(None, description="S3 region (empty: us-east-1)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -148,12 +164,31 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(
-        "api_key", "if_stage2_model", "if_text_encoder_device", "if_embedding_cache_dir", "torch_threads", mode="before"
+        "api_key",
+        "if_stage2_model",
+        "if_text_encoder_device",
+        "if_embedding_cache_dir",
+        "torch_threads",
+        "results_url",
+        "aws_endpoint_url",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_default_region",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``NAME=`` (as in a copy of .env.example) means unset, not an empty string or the path ``.``."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("results_url")
+    @classmethod
+    def _results_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from core.store import parse_results_url
+
+            parse_results_url(value)  # ValueError: not s3://BUCKET/PREFIX
+        return value
 
     @field_validator("if_enabled", "batching", mode="before")
     @classmethod

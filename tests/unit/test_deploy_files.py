@@ -3,6 +3,7 @@ check that they parse and agree with the settings class and the code."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def test_env_example_lists_exactly_the_settings() -> None:
 def test_compose_services_and_settings_agree() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker"}
+    assert set(services) == {"redis", "api", "worker", "seaweedfs", "s3-bucket"}
+    assert {name for name, service in services.items() if "profiles" not in service} == {"redis", "api", "worker"}
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     for name in ("api", "worker"):
         env = services[name]["environment"]
@@ -105,3 +107,46 @@ def test_a_copy_of_env_example_gives_the_defaults(monkeypatch) -> None:
         if isinstance(b, Path):
             a, b = (ROOT / a).resolve(), b.resolve()
         assert a == b, name
+
+
+def test_compose_s3_profile_serves_results_from_seaweedfs() -> None:
+    """The `s3` profile: a SeaweedFS S3 server with real identities, a bucket step, and api and worker pointed at
+    it through RESULTS_URL and the standard AWS variables (unset, the folder backend as before)."""
+    compose = _compose()
+    services = compose["services"]
+    weed, bucket = services["seaweedfs"], services["s3-bucket"]
+    assert weed["profiles"] == ["s3"] and bucket["profiles"] == ["s3"]
+    assert weed["image"].startswith("chrislusf/seaweedfs") and bucket["image"] == weed["image"]
+    flags = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in weed["command"][1:])
+    assert weed["command"][0] == "server" and "-s3" in flags
+    assert flags["-s3.autoCreateBucket"] == "false" and flags["-master.telemetry"] == "false"
+    (mount,) = weed["configs"]
+    assert flags["-s3.config"] == mount["target"]
+    identities = json.loads(compose["configs"][mount["source"]]["content"])
+    (identity,) = identities["identities"]
+    assert identity["credentials"] == [
+        {"accessKey": "${AWS_ACCESS_KEY_ID:-}", "secretKey": "${AWS_SECRET_ACCESS_KEY:-}"}
+    ]
+    assert "Admin" not in identity["actions"] and {"Read", "Write", "List"} <= set(identity["actions"])
+    assert any(v.endswith(":/data") for v in weed["volumes"]) and "healthcheck" in weed
+    step = " ".join(bucket["command"])
+    assert "s3.bucket.create" in step and f"-owner {identity['name']}" in step and "-master=seaweedfs:9333" in step
+    assert bucket["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert {"RESULTS_URL", "RESULTS_REDIRECT", *(k for k in FIELDS if k.startswith("AWS_"))} <= set(env)
+        assert env["RESULTS_URL"] == "${RESULTS_URL:-}"  # unset: the shared results volume, as before
+        assert env["AWS_ENDPOINT_URL"] == f"${{AWS_ENDPOINT_URL-http://seaweedfs:{flags['-s3.port']}}}"
+        assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
+        ready = services[name]["depends_on"]["s3-bucket"]
+        assert ready == {"condition": "service_completed_successfully", "required": False}
+
+
+def test_settings_accept_the_compose_s3_values(monkeypatch) -> None:
+    env = {"RESULTS_URL": "s3://results/jobs", "AWS_ENDPOINT_URL": "http://seaweedfs:8333"}
+    env |= {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    assert settings.results_url == "s3://results/jobs" and settings.aws_endpoint_url == "http://seaweedfs:8333"
+    assert settings.aws_secret_access_key is not None and "s3cr3t-value" not in repr(settings)
