@@ -13,6 +13,7 @@ from app.jobs import QueueDepth
 from app.problems import Problem
 from core.lifecycle import Lifecycle
 from core.settings import Settings
+from core.store import ResultStore
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -48,6 +49,15 @@ def get_depth(request: Request) -> QueueDepth:
 
 
 DepthDep = Annotated[QueueDepth, Depends(get_depth)]
+
+
+def get_store(request: Request) -> ResultStore:
+    """The result store (``core.store``: the results folder, or S3 with RESULTS_URL), opened by the lifespan."""
+    store: ResultStore = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[ResultStore, Depends(get_store)]
 
 
 def get_decoder(request: Request) -> DecoderPool:

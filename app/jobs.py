@@ -21,7 +21,7 @@ from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
 from core.protocol import JobState, capabilities_key, idempotency_key
 from core.record import JobRecord, utc_now
 from core.settings import Settings
-from core.storage import FolderFiles, is_job_id
+from core.store import ResultStore, StoreUnavailable, is_job_id
 
 
 def new_job_id() -> str:
@@ -122,8 +122,19 @@ class QueueDepth:
             self._value, self._at = value, time.monotonic()
 
 
+def store_unavailable(exc: StoreUnavailable) -> Problem:
+    """503 for a result store that cannot be reached (the detail names no host or credential)."""
+    return Problem(
+        503,
+        "store-unavailable",
+        "the result store is unreachable; retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
 def submit(
     lifecycle: Lifecycle,
+    store: ResultStore,
     settings: Settings,
     op: Operation,
     params: OperationParams,
@@ -183,9 +194,11 @@ def submit(
                 f"the queue holds {settings.max_queue_depth} jobs already (MAX_QUEUE_DEPTH); retry later",
                 headers={"Retry-After": "5"},
             )
-        files = FolderFiles(settings.results_dir)
-        for name, data in uploads.items():
-            files.put(job_id, f"inputs/{name}", data)
+        try:
+            for name, data in uploads.items():  # before the enqueue: the worker reads them from the store
+                store.put(job_id, f"inputs/{name}", data)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from exc
         submitted = utc_now()
         position = lifecycle.submit(
             job_id,
@@ -211,9 +224,11 @@ def fetch(lifecycle: Lifecycle, job_id: str, *, expired_detail: str | None = Non
     """The job's record and queue position, or a 404 (never existed / not an id) or 410 (expired) problem."""
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    record, position, known = lifecycle.view(job_id)
+    record, position, tombstone = lifecycle.view(job_id)
     if record is None:
-        if known:
+        if tombstone == "deleted":
+            raise Problem(410, "job-deleted", f"job {job_id} was deleted, with its results and uploads")
+        if tombstone is not None:
             raise Problem(
                 410, "job-expired", expired_detail or f"job {job_id} has expired and its results were deleted"
             )
@@ -228,3 +243,14 @@ def cancel(lifecycle: Lifecycle, record: JobRecord) -> None:
     found = lifecycle.cancel(record)
     if found in ("succeeded", "failed", "canceled"):
         raise Problem(409, "job-finished", f"job {record.id} is already {found}")
+
+
+def delete(lifecycle: Lifecycle, store: ResultStore, record: JobRecord) -> None:
+    """Delete a job everywhere: its stored files and uploads first (a store that is down leaves the job whole:
+    503, retry), then its record, events and queue entry; a running job is told to stop, and its worker removes
+    whatever it stored after this. Afterwards the job answers 410 ``job-deleted``."""
+    try:
+        store.delete_job(record.id)
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from exc
+    lifecycle.delete(record.id)

@@ -25,6 +25,7 @@ from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
+from core.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tombstone_ttl_s=settings.tombstone_ttl_s,
         )
         app.state.depth = QueueDepth()
+        app.state.store = open_store(settings)
         app.state.events = EventHub(settings, app.state.lifecycle)
-        settings.results_dir.mkdir(parents=True, exist_ok=True)
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
         try:

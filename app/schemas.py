@@ -84,6 +84,9 @@ class OperationState(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     redis: bool
+    store: bool | None = Field(
+        None, description="whether the result store (RESULTS_DIR or RESULTS_URL) answers; downloads need it"
+    )
     workers: list[WorkerInfo] = Field(default_factory=list)
     operations: list[str] = Field(default_factory=list, description="what at least one live worker can serve")
     operation_states: dict[str, OperationState] = Field(

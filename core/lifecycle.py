@@ -141,14 +141,16 @@ class Lifecycle:
         replies = pipe.execute()
         return int(replies[push]) - 1 if push is not None else -1
 
-    def view(self, job_id: str) -> tuple[JobRecord | None, int | None, bool]:
-        """(the record or None, its queue position when queued, whether the id was known: a tombstone)."""
-        values, position, known = run(
+    def view(self, job_id: str) -> tuple[JobRecord | None, int | None, str | None]:
+        """(the record or None, its queue position when queued, and for a missing record its tombstone: None if
+        the id was never known, ``deleted`` if a client deleted the job, else the time it was submitted)."""
+        values, position, tombstone = run(
             self.scripts.view, [record_key(job_id), self.queue.key, tombstone_key(job_id)], [job_id, *VIEW_FIELDS]
         )
         mapping = {name: value for name, value in zip(VIEW_FIELDS, values, strict=True) if value is not None}
         record = JobRecord.from_hash(job_id, mapping) if mapping else None
-        return record, (int(position) if position is not None and position is not False else None), bool(known)
+        known = None if record is not None or tombstone in (None, False) else _str(tombstone)
+        return record, (int(position) if position is not None and position is not False else None), known
 
     def read(self, job_id: str) -> JobRecord | None:
         """The record alone (one HMGET)."""
@@ -166,6 +168,23 @@ class Lifecycle:
                 return JobState.queued.value
         state = run(self.scripts.cancel_running, [record_key(record.id)], [record.id, cancel_channel()])
         return state.decode() if isinstance(state, bytes) else str(state)
+
+    def delete(self, job_id: str) -> str:
+        """Remove a job from Redis (record, events, queue, RQ's registries; a tombstone says it was deleted) and
+        stop it if it runs; returns the state it was in. Its stored files are the caller's to delete first."""
+        state = run(
+            self.scripts.delete,
+            [
+                record_key(job_id),
+                events.stream_key(job_id),
+                self.queue.key,
+                self.started_key,
+                *(self.registry_key[s] for s in (JobState.succeeded, JobState.failed, JobState.canceled)),
+                tombstone_key(job_id),
+            ],
+            [job_id, self.tombstone_ttl_s, cancel_channel()],
+        )
+        return _str(state)
 
     # -- worker side -------------------------------------------------------------------------------------------
     def claim(self, worker: str, timeout_s: float) -> str | None:
@@ -237,10 +256,11 @@ class Lifecycle:
         guard: str,
         progress_event: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> bool:
+    ) -> bool | None:
         """The terminal transition: ``record``, already in its terminal state, is written (its end fields and
         ``extra``), its ``done`` event (``record.body()``) pushed, the record and events set to expire in
-        RESULT_TTL_S, and RQ's status and registries updated. False when ``guard`` refused (``core.record.FINISH``)."""
+        RESULT_TTL_S, and RQ's status and registries updated. False when ``guard`` refused (``core.record.FINISH``),
+        None when the record is gone (the job was deleted meanwhile)."""
         state = record.state
         assert state.terminal
         body = record.body()
@@ -280,7 +300,7 @@ class Lifecycle:
                 *flat_pairs(fields),
             ],
         )
-        return bool(ok)
+        return None if int(ok) < 0 else bool(ok)
 
     def requeue(self, job_id: str, worker: str, *, consume_retry: bool) -> int:
         """Hand a running job of ``worker`` back to the head of the queue (1), or not: 0 if it no longer runs

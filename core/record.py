@@ -280,13 +280,18 @@ return id
 # ARGV: job id, state, RQ status, ttl, registry score, stream maxlen, events channel, progress data ('' = none),
 #       done data, guard, then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only a queued
 #       one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only while <name> runs it.
-# Returns 1, or 0 if the guard refused (another transition came first).
+# Returns 1, 0 if the guard refused (another transition came first), or -1 if the record is gone (the job was
+# deleted meanwhile: the caller removes what it stored for it).
 FINISH = (
     _TERMINAL_LUA
     + """
 local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt')
 local st = cur[1]
-if not st or terminal(st) then return 0 end
+if not st then
+  redis.call('LREM', KEYS[3], 1, ARGV[1])
+  return -1
+end
+if terminal(st) then return 0 end
 local guard = ARGV[10]
 if guard == 'queued' and st ~= 'queued' then return 0 end
 if string.sub(guard, 1, 7) == 'worker:' and (st ~= 'running' or cur[2] ~= string.sub(guard, 8)) then return 0 end
@@ -318,6 +323,10 @@ return 1
 # Returns 1 when the job is back at the head of the queue, 0 if the guard refused, -1 if no retry was left.
 REQUEUE = """
 local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'retries', 'attempt')
+if not cur[1] then
+  redis.call('LREM', KEYS[3], 1, ARGV[1])
+  return 0
+end
 if cur[1] ~= 'running' or cur[2] ~= ARGV[2] then return 0 end
 if ARGV[3] == '1' then
   local left = tonumber(cur[3] or '0')
@@ -369,18 +378,35 @@ return running
 """
 
 # KEYS: record, RQ queue, tombstone. ARGV: job id, then the fields to read (``VIEW_FIELDS``).
-# Returns {the fields' values (HMGET), its queue position or false, whether the record or a tombstone exists}.
+# Returns {the fields' values (HMGET), its queue position or false, the tombstone's value (false: none) or 1}.
 VIEW = """
 local names = {}
 for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
 local values = redis.call('HMGET', KEYS[1], unpack(names))
 local st = values[1]
-if not st then return {values, false, redis.call('EXISTS', KEYS[1], KEYS[3])} end
+if not st then return {values, false, redis.call('GET', KEYS[3])} end
 local pos = false
 if st == 'queued' then pos = redis.call('LPOS', KEYS[2], ARGV[1]) end
 return {values, pos, 1}
 """
 VIEW_FIELDS = (*FIELDS, "timeout")  # "state" first: the script reads it
+
+# KEYS: record, stream, RQ queue, RQ started, finished, failed and canceled registries, tombstone.
+# ARGV: job id, tombstone ttl, cancel channel.
+# Removes the job from Redis (its record, events, queue entry and RQ registry entries), leaves a tombstone that
+# says so, and tells the workers to stop it if it runs. Returns the state it was in ('' if none).
+DELETE = """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[1] .. ':a' .. (cur[2] or ''))
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('SET', KEYS[8], 'deleted', 'EX', ARGV[2])
+if cur[1] == 'running' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+return cur[1] or ''
+"""
 
 
 class Scripts:
@@ -394,6 +420,7 @@ class Scripts:
         self.cancel_running = redis.register_script(CANCEL_RUNNING)
         self.recover = redis.register_script(RECOVER)
         self.view = redis.register_script(VIEW)
+        self.delete = redis.register_script(DELETE)
 
 
 def run(script: Script, keys: Sequence[str], args: Sequence[Any], client: Redis | Pipeline | None = None) -> Any:

@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     # --- job lifecycle --------------------------------------------------------------------
     job_timeout_s: int = Field(600, ge=1, description="hard limit for one job's run time")
     job_retries: int = Field(1, ge=0, le=5, description="re-runs of a job whose worker died")
-    result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results stay downloadable")
+    result_ttl_s: int = Field(24 * 3600, ge=1, description="how long a job's record and results stay after it ends")
+    results_sweep_s: float = Field(
+        600, gt=0, description="how often each worker deletes the stored files of jobs older than RESULT_TTL_S"
+    )
     tombstone_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an expired id answers 410")
     max_queue_depth: int = Field(1000, ge=1, description="queued jobs beyond which submits get 503")
     wait_max_s: float = Field(60, ge=0, le=3600, description="the longest `Prefer: wait=N` a submission may hold")

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import threading
-from pathlib import Path
 from types import FrameType
 
 from redis import Redis
@@ -26,7 +25,7 @@ from redis.retry import Retry
 
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
-from core.storage import FolderFiles, sweep_expired
+from core.store import ResultStore, StoreUnavailable, open_store
 from workers import registry as model_registry
 from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
@@ -36,10 +35,13 @@ from workers.loop import CLAIM_BLOCK_S, JobPool, WorkLoop
 log = logging.getLogger("workers")
 
 
-def _sweeper(results_dir: Path, max_age_s: float, stop: threading.Event, every_s: float = 600) -> None:
+def _sweeper(store: ResultStore, max_age_s: float, stop: threading.Event, every_s: float = 600) -> None:
+    """Expiry: the stored files of jobs older than RESULT_TTL_S go (their records expire in Redis on their own)."""
     while True:
         try:
-            sweep_expired(results_dir, max_age_s)
+            removed = store.sweep(max_age_s)
+            if removed:
+                log.info("removed the stored files of %d expired jobs", removed)
         except Exception:
             log.warning("result sweep failed", exc_info=True)
         if stop.wait(every_s):
@@ -67,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings.results_dir.mkdir(parents=True, exist_ok=True)
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
 
     batching = settings.batching == "on"
@@ -84,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     redis = connect(settings)
     queue = service_queue(settings.queue_name, redis)
     lifecycle = Lifecycle(redis, queue, result_ttl_s=settings.result_ttl_s, tombstone_ttl_s=settings.tombstone_ttl_s)
+    store = open_store(settings)
     cancels = CancelWatch(redis)
     env = WorkerEnv(
         name=name,
         settings=settings,
         registry=registry,
         lifecycle=lifecycle,
-        files=FolderFiles(settings.results_dir),
+        files=store,
+        store_errors=(StoreUnavailable,),
         batcher=batcher,
         cancels=cancels,
     )
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     sweeping = threading.Event()
-    threading.Thread(target=_sweeper, args=(settings.results_dir, settings.result_ttl_s, sweeping), daemon=True).start()
+    threading.Thread(
+        target=_sweeper, args=(store, settings.result_ttl_s, sweeping, settings.results_sweep_s), daemon=True
+    ).start()
     cancels.start()
     log.info(
         "worker %s ready on queue %r with %s; %s",

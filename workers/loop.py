@@ -255,7 +255,7 @@ class WorkLoop:
         record = outcome.record
         lifecycle = self.lifecycle
 
-        def commit() -> bool:
+        def commit() -> bool | None:
             if outcome.handed_back:
                 return lifecycle.requeue(record.id, self.name, consume_retry=False) == 1
             return lifecycle.finish(
@@ -276,6 +276,12 @@ class WorkLoop:
             return
         if outcome.handed_back:
             log.info("job %s handed back to the queue", record.id)
+        elif committed is None:  # deleted while it ran: remove what it stored since
+            log.info("job %s was deleted while it ran; removing what it stored", record.id)
+            try:
+                self.env.files.delete_job(record.id)
+            except Exception as exc:  # noqa: BLE001 - the store's sweep removes it later
+                log.warning("job %s: could not remove its files (%s)", record.id, exc)
         elif committed:
             log.info("job %s %s", record.id, record.state.value)
         else:

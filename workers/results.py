@@ -32,6 +32,8 @@ class Files(Protocol):
 
     def get(self, job_id: str, name: str) -> bytes: ...
 
+    def delete_job(self, job_id: str) -> int: ...
+
 
 class ResultWriter:
     """The files of one job (see the module docstring).

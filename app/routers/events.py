@@ -6,15 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from app import jobs
-from app.deps import LifecycleDep, SettingsDep, require_api_key
+from app.deps import LifecycleDep, SettingsDep, StoreDep, require_api_key
+from app.downloads import store_response
 from app.events import EventHub
 from app.problems import Problem
 from app.routers.jobs import JobId
-from core import events, storage
+from core import events
+from core.store import StoreNotFound
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -101,15 +103,29 @@ PreviewName = Annotated[str, Path(description="a name from a `preview` event", e
 @router.get(
     "/{job_id}/previews/{name}",
     summary="Download a preview (also while the job runs)",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}, "description": "the PNG"}, **_ERRORS},
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the PNG"},
+        **_ERRORS,
+        503: {"description": "the result store is unreachable (`Retry-After`)", "content": PROBLEM},
+    },
 )
 @router.head("/{job_id}/previews/{name}", include_in_schema=False)
-def get_preview(job_id: JobId, name: PreviewName, lifecycle: LifecycleDep, settings: SettingsDep) -> FileResponse:
-    jobs.fetch(lifecycle, job_id)
+async def get_preview(
+    request: Request, job_id: JobId, name: PreviewName, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    await run_in_threadpool(jobs.fetch, lifecycle, job_id)
     if not events.PREVIEW_NAME_RE.fullmatch(name):
         raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}")
-    path = storage.job_dir(settings.results_dir, job_id) / events.PREVIEWS / name
-    if not path.is_file():
-        raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}")
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    try:
+        return await store_response(
+            store,
+            job_id,
+            f"{events.PREVIEWS}/{name}",
+            request,
+            media_type="image/png",
+            redirect=settings.results_redirect,
+            presign_expiry_s=settings.results_presign_expiry_s,
+        )
+    except StoreNotFound:
+        raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}") from None

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from app.deps import LifecycleDep
+from app.deps import LifecycleDep, StoreDep
 from app.jobs import operation_states
 from app.schemas import Health, Readiness, WorkerInfo
+from core.store import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,7 @@ def healthz() -> Health:
     summary="Redis reachable and at least one live worker; the state of every operation",
     responses={503: {"model": Readiness, "description": "not ready (no Redis or no worker)"}},
 )
-def readyz(lifecycle: LifecycleDep) -> JSONResponse:
+def readyz(lifecycle: LifecycleDep, store: StoreDep) -> JSONResponse:
     try:
         live, states, infos = operation_states(lifecycle)
         depth = int(lifecycle.redis.llen(lifecycle.queue.key))
@@ -41,14 +42,20 @@ def readyz(lifecycle: LifecycleDep) -> JSONResponse:
     except RedisError as exc:
         body = Readiness(ready=False, redis=False, detail=f"Redis unreachable: {exc}")
         return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    try:
+        store.check()
+        store_ok, store_detail = True, None
+    except StoreUnavailable as exc:  # downloads answer 503 meanwhile; jobs still queue and run
+        store_ok, store_detail = False, f"the result store is unreachable: {exc}"
     ready = bool(workers)
     body = Readiness(
         ready=ready,
         redis=True,
+        store=store_ok,
         workers=workers,
         operations=sorted(name for name, state in states.items() if state.available),
         operation_states=states,
         queue_depth=depth,
-        detail=None if ready else "no live worker is registered",
+        detail="; ".join(d for d in ("" if ready else "no live worker is registered", store_detail or "") if d) or None,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)

@@ -1,19 +1,21 @@
-"""Job status polling, result download and cancellation."""
+"""Job status polling, result download, cancellation and deletion."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app import jobs
-from app.deps import LifecycleDep, SettingsDep, require_api_key
+from app.deps import LifecycleDep, SettingsDep, StoreDep, require_api_key
+from app.downloads import store_response
 from app.problems import Problem
 from app.schemas import JobBody
-from core import storage
 from core.lifecycle import Lifecycle
 from core.settings import Settings
+from core.store import FILE_NAME_RE, ResultStore, StoreNotFound, is_job_id
 
 JobId = Annotated[
     str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])
@@ -24,9 +26,10 @@ _MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".gif": "image
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
+PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "no such job", "content": {"application/problem+json": {}}},
-    410: {"description": "the job expired and its results were deleted", "content": {"application/problem+json": {}}},
+    404: {"description": "no such job", "content": PROBLEM},
+    410: {"description": "the job expired (or was deleted) with its results", "content": PROBLEM},
 }
 
 
@@ -36,13 +39,16 @@ def get_job(job_id: JobId, lifecycle: LifecycleDep) -> JSONResponse:
     return JSONResponse(record.body(position))
 
 
-def _file(settings: Settings, lifecycle: Lifecycle, job_id: str, name: str | None) -> FileResponse:
-    if not storage.is_job_id(job_id):
+def _media_type(name: str) -> str:
+    return _MEDIA_TYPES.get("." + name.rpartition(".")[2], "application/octet-stream")
+
+
+async def _file(
+    request: Request, settings: Settings, lifecycle: Lifecycle, store: ResultStore, job_id: str, name: str | None
+) -> Response:
+    if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    record = lifecycle.read(job_id)
-    if record is None:
-        jobs.fetch(lifecycle, job_id)  # 404 or 410
-        raise Problem(404, "job-not-found", f"no job with id {job_id!r}")  # pragma: no cover - a race
+    record, _ = await run_in_threadpool(jobs.fetch, lifecycle, job_id)
     if record.state.value != "succeeded":
         raise Problem(
             409, "job-not-succeeded", f"job {job_id} is {record.state.value}; results exist only once it succeeded"
@@ -50,34 +56,49 @@ def _file(settings: Settings, lifecycle: Lifecycle, job_id: str, name: str | Non
     name = name if name is not None else record.main
     if not name:
         raise Problem(404, "no-result", f"job {job_id} has no main result")
-    if name not in record.files or not storage.FILE_NAME_RE.fullmatch(name):
+    if name not in record.files or not FILE_NAME_RE.fullmatch(name):
         raise Problem(404, "file-not-found", f"job {job_id} has no result file {name!r}")
-    path = storage.job_dir(settings.results_dir, job_id) / name
-    if not path.is_file():
-        raise Problem(410, "result-expired", f"the result files of job {job_id} were deleted")
-    media = _MEDIA_TYPES.get(path.suffix, "application/octet-stream")
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    try:
+        return await store_response(
+            store,
+            job_id,
+            name,
+            request,
+            media_type=_media_type(name),
+            redirect=settings.results_redirect,
+            presign_expiry_s=settings.results_presign_expiry_s,
+        )
+    except StoreNotFound:
+        raise Problem(410, "result-expired", f"the result files of job {job_id} were deleted") from None
 
 
 _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "the PNG"},
-    409: {"description": "the job has not succeeded", "content": {"application/problem+json": {}}},
+    206: {"description": "the requested byte range (`Range: bytes=a-b`)"},
+    304: {"description": "not modified (`If-None-Match`, `If-Modified-Since`)"},
+    307: {"description": "with RESULTS_REDIRECT=true: a presigned URL on the object store"},
+    409: {"description": "the job has not succeeded", "content": PROBLEM},
+    503: {"description": "the result store is unreachable (`Retry-After`)", "content": PROBLEM},
     **_ERRORS,
 }
 
 
-@router.get("/{job_id}/result", summary="Download the main PNG", response_class=FileResponse, responses=_FILE_RESPONSES)
+@router.get("/{job_id}/result", summary="Download the main PNG", response_class=Response, responses=_FILE_RESPONSES)
 @router.head("/{job_id}/result", include_in_schema=False)
-def get_result(job_id: JobId, lifecycle: LifecycleDep, settings: SettingsDep) -> FileResponse:
-    return _file(settings, lifecycle, job_id, None)
+async def get_result(
+    request: Request, job_id: JobId, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return await _file(request, settings, lifecycle, store, job_id, None)
 
 
 @router.get(
-    "/{job_id}/files/{name}", summary="Download one result file", response_class=FileResponse, responses=_FILE_RESPONSES
+    "/{job_id}/files/{name}", summary="Download one result file", response_class=Response, responses=_FILE_RESPONSES
 )
 @router.head("/{job_id}/files/{name}", include_in_schema=False)
-def get_file(job_id: JobId, name: FileName, lifecycle: LifecycleDep, settings: SettingsDep) -> FileResponse:
-    return _file(settings, lifecycle, job_id, name)
+async def get_file(
+    request: Request, job_id: JobId, name: FileName, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return await _file(request, settings, lifecycle, store, job_id, name)
 
 
 @router.post(
@@ -85,10 +106,27 @@ def get_file(job_id: JobId, name: FileName, lifecycle: LifecycleDep, settings: S
     response_model=JobBody,
     status_code=202,
     summary="Cancel a queued or running job",
-    responses={409: {"description": "already finished", "content": {"application/problem+json": {}}}, **_ERRORS},
+    responses={409: {"description": "already finished", "content": PROBLEM}, **_ERRORS},
 )
 def cancel_job(job_id: JobId, lifecycle: LifecycleDep) -> JSONResponse:
     record, _ = jobs.fetch(lifecycle, job_id)
     jobs.cancel(lifecycle, record)
     record, position = jobs.fetch(lifecycle, job_id)
     return JSONResponse(record.body(position), status_code=202)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a job: cancel it if it still runs, and remove its results and uploads everywhere",
+    response_class=Response,
+    responses={
+        204: {"description": "deleted; the job now answers 410"},
+        503: {"description": "the result store is unreachable: nothing was deleted, retry", "content": PROBLEM},
+        **_ERRORS,
+    },
+)
+def delete_job(job_id: JobId, lifecycle: LifecycleDep, store: StoreDep) -> Response:
+    record, _ = jobs.fetch(lifecycle, job_id)
+    jobs.delete(lifecycle, store, record)
+    return Response(status_code=204)

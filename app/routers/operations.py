@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import jobs
-from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, require_api_key
+from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, StoreDep, require_api_key
 from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.schemas import JobBody
@@ -74,13 +74,14 @@ class Submitter:
         self,
         request: Request,
         lifecycle: LifecycleDep,
+        store: StoreDep,
         settings: SettingsDep,
         depth: DepthDep,
         idempotency_key: IdempotencyKey = None,
         prefer: PreferHeader = None,
     ) -> None:
         self.hub: EventHub = request.app.state.events
-        self.lifecycle, self.settings, self.depth = lifecycle, settings, depth
+        self.lifecycle, self.store, self.settings, self.depth = lifecycle, store, settings, depth
         self.idempotency_key = idempotency_key
         self.wait = wait_preference(prefer, settings.wait_max_s)
 
@@ -88,6 +89,7 @@ class Submitter:
         submit = partial(
             jobs.submit,
             self.lifecycle,
+            self.store,
             self.settings,
             op,
             params,

@@ -72,15 +72,15 @@ def test_no_path_traversal(locked, path) -> None:
 
 
 def test_storage_refuses_bad_ids_and_names(tmp_path) -> None:
-    from core import storage
+    from core.store import FolderStore, InvalidKey
 
-    with pytest.raises(ValueError):
-        storage.job_dir(tmp_path, "../x")
+    store = FolderStore(tmp_path)
     job_id = uuid.uuid4().hex
-    folder = storage.job_dir(tmp_path, job_id)
-    storage.write_manifest(folder, {"files": {"a.png": {}}})
-    (folder / "a.png").write_bytes(b"png")
     (tmp_path / "secret").write_text("no")
-    assert storage.result_path(tmp_path, job_id, "a.png") == folder / "a.png"
-    assert storage.result_path(tmp_path, job_id, "../secret") is None
-    assert storage.result_path(tmp_path, job_id, "b.png") is None
+    for job, name in [("../x", "a.png"), (job_id, "../secret"), (job_id, "/etc/passwd"), (job_id, "a/b/c.png")]:
+        with pytest.raises(InvalidKey):
+            store.put(job, name, b"x")
+        with pytest.raises(InvalidKey):
+            store.get(job, name)
+    store.put(job_id, "a.png", b"png")
+    assert store.get(job_id, "a.png") == b"png" and store.list(job_id) == ["a.png"]

@@ -13,7 +13,7 @@ from redis import Redis
 
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings
-from core.storage import FolderFiles
+from core.store import FolderStore
 from workers import registry as model_registry
 from workers.context import WorkerEnv
 from workers.loop import WorkLoop
@@ -71,7 +71,7 @@ def env(
         settings=settings,
         registry=_registries[key],
         lifecycle=lifecycle,
-        files=FolderFiles(settings.results_dir),
+        files=FolderStore(settings.results_dir),
     )
 
 

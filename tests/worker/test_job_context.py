@@ -15,11 +15,11 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from app import jobs as api_jobs
-from core import storage
 from core.lifecycle import Lifecycle
 from core.operations import MNIST_DEFAULT_GUIDANCE, MNIST_DEFAULT_STEPS, OPERATIONS
 from core.record import FIELDS, JobRecord, parse_time, record_key
 from core.settings import Settings
+from core.store import FolderStore, StoreUnavailable
 from models import imageio
 from models.flow.grid import make_grid
 from models.flow.sampling import generate
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _submit(lifecycle: Lifecycle, settings: Settings, **params: object) -> str:
     op = OPERATIONS["mnist_sample"]
-    body, _ = api_jobs.submit(lifecycle, settings, op, op.params.bounded(settings)(**params))
+    body, _ = api_jobs.submit(
+        lifecycle, FolderStore(settings.results_dir), settings, op, op.params.bounded(settings)(**params)
+    )
     return str(body["id"])
 
 
@@ -61,7 +63,7 @@ def test_a_job_writes_its_pngs_and_manifest(lifecycle: Lifecycle, settings: Sett
     record = _record(lifecycle, job_id)
     assert record.state.value == "succeeded" and record.main == "samples.png"
     assert record.files == ["samples.png", "manifest.json"]
-    folder = storage.job_dir(settings.results_dir, job_id)
+    folder = settings.results_dir / job_id
     manifest = json.loads((folder / "manifest.json").read_text())
     # the defaults the request left out are recorded as they were used
     assert manifest["request"] == {
@@ -118,7 +120,7 @@ def test_the_png_is_what_the_named_or_default_solver_draws(
 ) -> None:
     job_id = _submit(lifecycle, settings, n=3, seed=7, **request_params)
     work()
-    folder = storage.job_dir(settings.results_dir, job_id)
+    folder = settings.results_dir / job_id
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {k: manifest["request"][k] for k in expected} == expected
     digit = request_params.get("digit")
@@ -145,7 +147,7 @@ def test_a_cancel_flag_stops_the_job_at_its_first_step(
     record = _record(lifecycle, job_id)
     assert record.state.value == "canceled" and record.files == [] and record.cancel
     assert record.progress is None  # stopped at its first step, before recording it
-    assert not (storage.job_dir(settings.results_dir, job_id) / "manifest.json").exists()
+    assert not ((settings.results_dir / job_id) / "manifest.json").exists()
     assert Job.fetch(job_id, connection=lifecycle.redis).get_status() == "canceled"
     assert job_id in CanceledJobRegistry(queue=lifecycle.queue).get_job_ids(cleanup=False)
 
@@ -199,3 +201,20 @@ def test_a_job_past_its_deadline_is_stopped_between_two_steps(
     assert record.state.value == "failed" and record.error_code == "timeout"
     assert record.error == "the job ran past its time limit of 1 s"
     assert 1.0 <= elapsed < 3.0 and record.progress["step"] < 200
+
+
+def test_results_that_cannot_be_stored_fail_the_job_after_a_bounded_retry(
+    lifecycle: Lifecycle, settings: Settings, env: WorkerEnv, work: Callable[[], None], tmp_path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the results folder should be")
+    env.files = FolderStore(blocker)  # every write fails: the store is unavailable
+    env.store_errors = (StoreUnavailable,)
+    env.settings = settings.model_copy(update={"store_write_timeout_s": 1.0})
+    job_id = _submit(lifecycle, settings, digit=2, n=1, seed=1)
+    t0 = time.monotonic()
+    work()
+    record = _record(lifecycle, job_id)
+    assert record.state.value == "failed" and record.error_code == "store-unavailable"
+    assert record.error == "the results could not be written to storage within 1 s; retry the job"
+    assert 1.0 <= time.monotonic() - t0 < 5.0  # retried with backoff for the bounded time, then failed

@@ -15,12 +15,13 @@ from PIL import Image
 from redis import Redis
 
 from app import jobs as api_jobs
-from core import events, storage
+from core import events
 from core.lifecycle import Lifecycle
 from core.operations import OPERATIONS, OperationParams
 from core.protocol import JobCanceled, held_key
 from core.record import JobRecord, record_key
 from core.settings import Settings
+from core.store import FolderStore
 from workers.cancellation import CancelWatch
 from workers.context import JobContext, WorkerEnv
 from workers.progress import ProgressSink
@@ -41,7 +42,7 @@ def _stream(redis: Redis, job_id: str) -> list[events.Event]:
 def test_a_job_with_previews_and_trajectory(lifecycle: Lifecycle, settings: Settings, work: Callable[[], None]) -> None:
     op = OPERATIONS["mnist_sample"]
     params = op.params.bounded(settings)(digit=7, n=3, steps=7, seed=4, previews=True, trajectory=True)
-    body, _ = api_jobs.submit(lifecycle, settings, op, params)
+    body, _ = api_jobs.submit(lifecycle, FolderStore(settings.results_dir), settings, op, params)
     job_id = body["id"]
     work()
     stream = _stream(lifecycle.redis, job_id)
@@ -54,7 +55,7 @@ def test_a_job_with_previews_and_trajectory(lifecycle: Lifecycle, settings: Sett
     assert [e.event for e in stream].count("done") == 1 and stream[-1].event == "done"
     record = lifecycle.read(job_id)
     assert record is not None and stream[-1].data == record.body()
-    folder = storage.job_dir(settings.results_dir, job_id)
+    folder = settings.results_dir / job_id
     for p in previews:
         with Image.open(folder / events.PREVIEWS / p["name"]) as png:
             assert png.size == (112, 112) and png.mode == "L"
@@ -127,7 +128,7 @@ def test_the_callback_runs_on_another_thread_and_raises_only_cancel(
     names = [e.data["name"] for e in stream if e.event == "preview"]
     assert names[:2] == ["I-0003.png", "I-0006.png"]
     assert lifecycle.redis.hget(record_key(job.id), "cancel") == b"1"
-    folder = storage.job_dir(settings.results_dir, job.id)
+    folder = settings.results_dir / job.id
     with Image.open(folder / events.PREVIEWS / "I-0006.png") as png:
         assert png.size == (112, 112) and png.mode == "RGB"  # 8x8, upscaled 14x
         assert png.getpixel((0, 0)) == (0, 0, 0) and png.getpixel((111, 111)) == (255, 255, 255)  # [-1, 1] range
@@ -218,5 +219,5 @@ def test_preview_png_bytes_are_small(lifecycle: Lifecycle, env: WorkerEnv, setti
     job = _context(lifecycle, env, settings, previews=True)
     job.progress(3, 3, None, torch.rand(1, 3, 64, 64) * 2 - 1)
     job.sink.flush()
-    png = (storage.job_dir(settings.results_dir, job.id) / events.PREVIEWS / "0003.png").read_bytes()
+    png = ((settings.results_dir / job.id) / events.PREVIEWS / "0003.png").read_bytes()
     assert Image.open(io.BytesIO(png)).size == (64, 64) and len(png) < 20_000
