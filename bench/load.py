@@ -1,7 +1,10 @@
 """Load test: N concurrent clients for a fixed time against /mnist/sample (or a tiny-IF mix).
 
-Each client loops: submit, poll until the job is terminal (or follow its event stream: ``--follow events``),
-download the PNG. After the time is up no
+Each client loops: submit, poll its job every 20 ms until it is terminal (or follow its event stream:
+``--follow events``; or submit with ``Prefer: wait=60`` and get the final body in the answer: ``--follow wait``),
+download the PNG. ``--follow poll,wait`` runs each way on a fresh stack, one row each; ``--anchor`` adds a row
+for the bare FastAPI + RQ no-op stack (``bench/bare_stack.py``) under the same clients, polling, in the same
+run. After the time is up no
 new job is submitted and the outstanding ones are awaited (bounded). Reports throughput, p50/p99
 end-to-end latency, errors, and lost jobs (accepted but never seen terminal), which must be zero.
 Only loopback addresses are targeted; the run stops by itself.
@@ -9,6 +12,7 @@ Only loopback addresses are targeted; the run stops by itself.
     .venv/bin/python bench/load.py --clients 8 --seconds 60                  # a fresh local stack
     .venv/bin/python bench/load.py --clients 16 --n 1 --steps 5 --batching off,on   # one table, both modes
     .venv/bin/python bench/load.py --mix if --batching off,on                 # tiny-IF operations (and MNIST)
+    .venv/bin/python bench/load.py --clients 16 --n 1 --follow poll,events,wait --anchor  # the overhead table
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 ...           # a running service (loopback)
 
 With ``--batching off,on`` each mode gets a fresh stack (BATCHING=off: one job at a time; on: up to
@@ -18,14 +22,16 @@ MAX_INFLIGHT_JOBS jobs share each network forward) and the table has one row per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ from urllib.parse import urlparse
 
 import httpx
 from harness import ROOT, local_service, percentile
+
+from tests.support import RedisServer, free_port, wait_until
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 PHOTO = (ROOT / "postman" / "photo.png").read_bytes()
@@ -109,12 +117,13 @@ def client_loop(
             t0 = time.monotonic()
             path, params, data, files = make(i)
             seed = seed0 + i
+            headers = {"Prefer": "wait=60"} if follow == "wait" else {}
             try:
                 if files or data:
-                    r = http.post(path, params=params, data=data | {"seed": seed}, files=files or None)
+                    r = http.post(path, params=params, data=data | {"seed": seed}, files=files or None, headers=headers)
                 else:
-                    r = http.post(path, params=params | {"seed": seed})
-                if r.status_code != 202:
+                    r = http.post(path, params=params | {"seed": seed}, headers=headers)
+                if r.status_code not in (200, 202):
                     with tally.lock:
                         tally.errors.append(f"submit {r.status_code}")
                     time.sleep(0.2)
@@ -179,6 +188,42 @@ def run(
     }
 
 
+@contextlib.contextmanager
+def bare_stack() -> Iterator[str]:
+    """The anchor (``bench/bare_stack.py``): its own redis-server, its uvicorn app and one RQ SimpleWorker."""
+    tmp = Path(tempfile.mkdtemp(prefix="bare-"))
+    server = RedisServer(data_dir=tmp / "redis").start()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "bench"), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "bench" / "bare_stack.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, role, "--redis", server.url, "--port", str(port)], env=env, cwd=ROOT / "bench"
+        )
+        for role in ("api", "worker")
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), 30, what="the bare stack")
+        yield url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/jobs/x/result", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def tiny_if(folder: Path) -> dict[str, str]:
     """Build the tiny IF pipelines (the project's builder) and return the worker settings that load them."""
     subprocess.run(
@@ -207,32 +252,60 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=120, help="seconds to await outstanding jobs")
     parser.add_argument(
         "--follow",
-        choices=["poll", "events"],
         default="poll",
-        help="how a client waits for its job: poll GET /jobs/{id} every 20 ms, or read GET /jobs/{id}/events",
+        help="how a client waits for its job: poll (GET /jobs/{id} every 20 ms), events (GET /jobs/{id}/events), "
+        "wait (Prefer: wait=60 on the submission), or several, comma-separated (a fresh stack and a row each)",
+    )
+    parser.add_argument(
+        "--anchor", action="store_true", help="add a row for the bare FastAPI + RQ no-op stack (bench/bare_stack.py)"
     )
     args = parser.parse_args()
+    follows = args.follow.split(",")
+    if not set(follows) <= {"poll", "events", "wait"}:
+        raise SystemExit(f"--follow: poll, events or wait, not {args.follow!r}")
     make = (if_mix if args.mix == "if" else mnist_requests)(args.n, args.steps, args.digit)
     rows: list[dict[str, str]] = []
+    if args.anchor:
+        with bare_stack() as url:
+            result = run(url, args.clients, args.seconds, make, args.drain, "poll")
+        rows.append(
+            {"stack": "bare FastAPI + RQ no-op", "follow": "poll", "batching": "-", "workers x threads": "1"} | result
+        )
     if args.url:
-        rows.append({"service": args.url} | run(args.url, args.clients, args.seconds, make, args.drain, args.follow))
+        for follow in follows:
+            result = run(args.url, args.clients, args.seconds, make, args.drain, follow)
+            rows.append({"stack": args.url, "follow": follow} | result)
     else:
         env: dict[str, str] = {}
         if args.mix == "if":
             env |= tiny_if(Path(tempfile.mkdtemp(prefix="load-tiny-if-")))
-        for threads in args.threads.split(","):
-            for mode in args.batching.split(","):
-                with local_service(workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, **env) as stack:
-                    result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain, args.follow)
-                rows.append({"batching": mode, "workers x threads": f"{args.workers} x {threads}"} | result)
-    request = f"follow={args.follow} mix={args.mix} n={args.n} steps={args.steps or 'default'}" + (
+        for follow in follows:
+            for threads in args.threads.split(","):
+                for mode in args.batching.split(","):
+                    with local_service(workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, **env) as stack:
+                        result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain, follow)
+                    rows.append(
+                        {
+                            "stack": "service",
+                            "follow": follow,
+                            "batching": mode,
+                            "workers x threads": f"{args.workers} x {threads}",
+                        }
+                        | result
+                    )
+    if args.anchor:
+        anchor = float(rows[0]["jobs/s"])
+        for row in rows:
+            row["vs bare"] = f"{float(row['jobs/s']) / max(anchor, 1e-9):.2f}x"
+    request = f"mix={args.mix} n={args.n} steps={args.steps or 'default'}" + (
         " digit=" + str(args.digit) if args.mix == "mnist" else ""
     )
     print(f"{args.clients} clients for {args.seconds:.0f} s, {request}")
     print(table_rows(rows))
-    if "batching" in rows[0] and {r["batching"] for r in rows} == {"off", "on"}:
+    service = [r for r in rows if r.get("stack") == "service"]
+    if service and {r["batching"] for r in service} == {"off", "on"}:
         best = {
-            m: max((r for r in rows if r["batching"] == m), key=lambda r: float(r["jobs/s"])) for m in ("off", "on")
+            m: max((r for r in service if r["batching"] == m), key=lambda r: float(r["jobs/s"])) for m in ("off", "on")
         }
         speedup = float(best["on"]["jobs/s"]) / max(float(best["off"]["jobs/s"]), 1e-9)
         print(

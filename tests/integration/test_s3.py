@@ -219,6 +219,7 @@ def test_results_expire_from_the_store(redis_server, s3_server, mnist_checkpoint
         body = stack.client.post("/mnist/sample", params={"digit": 2, "n": 2}, headers={"Prefer": "wait=60"}).json()
         assert body["status"] == "succeeded" and stack.store.list(body["id"])
         wait_until(lambda: stack.store.list(body["id"]) == [], 20, what="the sweep to remove the job's objects")
+        wait_until(lambda: stack.client.get(f"/jobs/{body['id']}").status_code == 410, 10, what="the record to expire")
         gone = stack.client.get(f"/jobs/{body['id']}")
         assert gone.status_code == 410 and gone.json()["type"] == "urn:problem:job-expired"
     finally:

@@ -22,6 +22,7 @@ from core.protocol import JobCanceled, held_key
 from core.record import JobRecord, record_key
 from core.settings import Settings
 from core.store import FolderStore
+from tests.support import wait_until
 from workers.cancellation import CancelWatch
 from workers.context import JobContext, WorkerEnv
 from workers.progress import ProgressSink
@@ -150,7 +151,7 @@ def test_the_last_step_progress_rides_with_the_next_event(
     job.sink.flush()
     assert [e.event for e in _stream(lifecycle.redis, job.id)] == ["status", "status"]
     job.progress(1, 2, stage="II")  # stage II's first step: stage I's last goes first
-    job.sink.flush()
+    wait_until(lambda: len(_stream(lifecycle.redis, job.id)) >= 4, 20, what="the two progress events")
     got = [(e.event, e.data) for e in _stream(lifecycle.redis, job.id)][2:]
     assert got == [
         ("progress", {"step": 1, "total": 1, "stage": "I"}),
