@@ -1,7 +1,8 @@
 """The job-creating routes, one per entry of ``core.operations.OPERATIONS``.
 
 Every route is the same three steps: validate (the operation's parameter model as a query or form model,
-with the limits of the settings; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
+with the limits of the settings; a query parameter or form field it does not read is refused, see
+``app.parameters``; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
 ``Location: /jobs/{id}`` header and the job body. The handlers are plain functions, so FastAPI runs them in
 its thread pool: decoding a large upload or a slow Redis never blocks the event loop.
 """
@@ -19,6 +20,8 @@ from rq.job import Job
 from app import jobs
 from app.deps import DecoderDep, IdempotencyKey, QueueDep, RedisDep, SettingsDep, require_api_key
 from app.imagecheck import DecoderPool
+from app.parameters import ParamError, UnknownParameters
+from app.problems import invalid_params
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
 from core.operations import OPERATIONS, Operation, OperationParams
@@ -28,7 +31,10 @@ PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": JobBody, "description": "accepted; poll the Location header"},
     401: {"description": "missing or wrong API key", "content": PROBLEM},
-    422: {"description": "a parameter is out of range or malformed (named in `errors`)", "content": PROBLEM},
+    422: {
+        "description": "a parameter is out of range, malformed or unknown (each named in `errors`)",
+        "content": PROBLEM,
+    },
     503: {"description": "the queue is full or no worker can serve this operation", "content": PROBLEM},
 }
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -76,11 +82,20 @@ def _handler(op: Operation, settings: Settings) -> Callable[..., JSONResponse]:
     """The route function of ``op``; its signature (read by FastAPI) is built from the operation."""
     source = Query() if op.transport == "query" else Form()
 
-    def handler(params: OperationParams, submit: Submitter, decoder: DecoderDep, **files: UploadFile) -> JSONResponse:
+    def handler(
+        params: OperationParams,
+        unknown: list[ParamError],
+        submit: Submitter,
+        decoder: DecoderDep,
+        **files: UploadFile,
+    ) -> JSONResponse:
+        if unknown:  # a misspelled parameter must not run the job with a default instead
+            raise invalid_params(unknown)
         return submit(op, params, _check_uploads(op, files, settings, decoder) if op.uploads else {})
 
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),
+        Parameter("unknown", Parameter.KEYWORD_ONLY, annotation=UnknownParameters),
         Parameter("submit", Parameter.KEYWORD_ONLY, annotation=Annotated[Submitter, Depends()]),
         Parameter("decoder", Parameter.KEYWORD_ONLY, annotation=DecoderDep),
         *(
