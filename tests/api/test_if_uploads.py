@@ -177,6 +177,29 @@ def test_upload_and_empty_field_messages(client) -> None:
     assert detail({}) == "image: required (a PNG, JPEG or WebP file)"
 
 
+def test_limit_messages_name_the_field_and_the_setting(client) -> None:
+    def detail(files: dict) -> str:
+        r = client.post("/sdedit", files=files)
+        assert r.status_code == 413, r.text
+        return r.json()["detail"]
+
+    png = ("a.png", gradient(), "image/png")
+    # the limits name the field, the size, the limit and the setting (MAX_UPLOAD_BYTES = 200,000 here)
+    assert detail({"image": ("x.png", bytes(300_000), "image/png")}) == (
+        "image: 293 KiB is over the 195.3 KiB limit (MAX_UPLOAD_BYTES)"
+    )
+    assert detail({"image": ("x.png", _huge_png(), "image/png")}) == (
+        "image: 2000x2000 (4 megapixels) is over the limit of 1 megapixel (MAX_IMAGE_PIXELS)"
+    )
+    # a body over two uploads plus 1 MiB is refused before it is read: no field to name, the settings instead
+    r = client.post("/inpaint", files={"image": png, "mask": ("m.png", bytes(1_600_000), "image/png")})
+    assert r.status_code == 413 and r.json()["type"] == "urn:problem:request-too-large"
+    assert r.json()["detail"] == (
+        "the request body (1.5 MiB) is over the 1.4 MiB limit: two uploads of at most 195.3 KiB each "
+        "(MAX_UPLOAD_BYTES) plus 1 MiB for the other form fields"
+    )
+
+
 @pytest.mark.parametrize("data,field", [({"t": "1000"}, "t"), ({"t": "-1"}, "t"), ({"method": "magic"}, "method")])
 def test_bad_denoise_fields(client, data, field) -> None:
     r = client.post("/denoise", files={"image": ("a.png", gradient(), "image/png")}, data=data)
