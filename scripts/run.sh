@@ -50,11 +50,31 @@ fi
 pids=()        # the API and the worker
 names=()
 redis_pid=""
+# 0 once none of the API and the worker runs any more, 1 if one still does after $1 seconds.
+all_gone() {
+  local i pid running
+  for ((i = 0; i < $1 * 10; i++)); do
+    running=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+    [ "$running" = 0 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
 # Shut down in order: the API and the worker first (the worker unregisters in Redis as it leaves), Redis last.
+# A graceful stop that takes more than 15 s (a job still running, an open event stream, a stuck shutdown) is
+# asked again, which RQ and uvicorn take as "stop now"; 10 s later what still runs is killed.
 cleanup() {
-  trap - INT TERM EXIT
+  # a second Ctrl-C reaches the API and the worker too (they stop at once); this script goes on, to stop Redis
+  trap '' INT TERM
+  trap - EXIT
   echo "run: stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  if ! all_gone 15; then
+    echo "run: still stopping after 15 s; stopping now"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    all_gone 10 || for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "$redis_pid" ]; then
     kill -TERM "$redis_pid" 2>/dev/null || true
