@@ -46,15 +46,31 @@ def inspect_image(data: bytes, max_pixels: int) -> Decoded | Refused:
             image = Image.open(io.BytesIO(data), formats=list(FORMATS))
             width, height = image.size
             if width * height > max_pixels:
-                return Refused(413, "image-too-large", f"{width}x{height} is more than {max_pixels} pixels")
+                return Refused(413, "image-too-large", _too_many_pixels(width, height, max_pixels))
             image.load()
     except UnidentifiedImageError:
         return Refused(415, "unsupported-image-type", "not a PNG, JPEG or WebP image")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return Refused(413, "image-too-large", "too many pixels (decompression bomb)")
+        return Refused(413, "image-too-large", f"too many pixels (decompression bomb): {_limit(max_pixels)}")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return Refused(422, "invalid-image", f"truncated or corrupt image ({exc})")
     return Decoded(str(image.format), width, height, image.mode)
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} megapixel" + ("" if pixels == 1_000_000 else "s")
+
+
+def _limit(max_pixels: int) -> str:
+    return f"the limit is {_megapixels(max_pixels)} (MAX_IMAGE_PIXELS)"
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int) -> str:
+    """``8000x6000 (48 megapixels) is over the limit of 40 megapixels (MAX_IMAGE_PIXELS)``."""
+    return (
+        f"{width}x{height} ({_megapixels(width * height)}) is over the limit of {_megapixels(max_pixels)} "
+        "(MAX_IMAGE_PIXELS)"
+    )
 
 
 def _quiet_child() -> None:

@@ -23,6 +23,7 @@ from app.jobs import QueueDepth
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
+from app.uploads import human_bytes
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
 from core.store import open_store
@@ -84,25 +85,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+#: Room in a request body for the form fields besides the uploads.
+FORM_FIELDS_BYTES = 1024 * 1024
+
+
 def _limit_body_size(app: FastAPI, settings: Settings) -> None:
     """Refuse a request body larger than two uploads plus form fields before it is parsed (413).
 
     A plain ASGI middleware (no ``BaseHTTPMiddleware``: that one costs a task per request, on every poll)."""
-    limit = 2 * settings.max_upload_bytes + 1024 * 1024
-    app.add_middleware(BodySizeLimit, limit=limit)
+    limit = 2 * settings.max_upload_bytes + FORM_FIELDS_BYTES
+    explain = (
+        f"two uploads of at most {human_bytes(settings.max_upload_bytes)} each (MAX_UPLOAD_BYTES) "
+        f"plus {human_bytes(FORM_FIELDS_BYTES)} for the other form fields"
+    )
+    app.add_middleware(BodySizeLimit, limit=limit, explain=explain)
 
 
 class BodySizeLimit:
-    """413 problem+json for a declared ``content-length`` above ``limit`` (or a malformed one)."""
+    """413 problem+json for a declared ``content-length`` above ``limit`` (or a malformed one); ``explain``
+    says what the limit is made of, for the message."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, explain: str = "") -> None:
+        self.app, self.limit, self.explain = app, limit, explain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             length = Headers(scope=scope).get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.limit):
-                problem = Problem(413, "request-too-large", f"the request body is larger than {self.limit} bytes")
+                sent = f" ({human_bytes(int(length))})" if length.isdigit() else ""
+                detail = f"the request body{sent} is over the {human_bytes(self.limit)} limit"
+                problem = Problem(413, "request-too-large", f"{detail}: {self.explain}" if self.explain else detail)
                 await problem_response(problem, Request(scope))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -9,13 +9,17 @@ any unexpected exception (logged, answered as a bare 500 problem without a trace
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.parameters import parameters_of, unknown_parameters
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +82,13 @@ class Problem(Exception):
 
 def invalid_param(name: str, reason: str, *, location: str = "query", status: int = 422) -> Problem:
     """A 4xx problem that names one parameter."""
-    return Problem(
-        status,
-        "invalid-parameter",
-        f"{name}: {reason}",
-        errors=[{"name": name, "in": location, "reason": reason}],
-    )
+    return invalid_params([{"name": name, "in": location, "reason": reason}], status=status)
+
+
+def invalid_params(errors: list[dict[str, str]], *, status: int = 422) -> Problem:
+    """A 4xx problem that names each parameter of ``errors`` (``name``, ``in``, ``reason``)."""
+    detail = "; ".join(f"{e['name']}: {e['reason']}" for e in errors) or "invalid request"
+    return Problem(status, "invalid-parameter", detail, errors=errors)
 
 
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
@@ -102,6 +107,99 @@ def _loc_to_name(loc: tuple[Any, ...] | list[Any]) -> tuple[str, str]:
     return name or where, where
 
 
+# ---- validation messages written for people -------------------------------------------------------------
+# pydantic's texts ("String should match pattern '\S'", "Value error, must be odd", "Field required" for a
+# field sent empty) are rewritten by the error's `type`; a type not listed keeps pydantic's text.
+
+
+def _number(value: Any) -> str:
+    """``30.0`` -> ``30``, ``2.5`` -> ``2.5``, ``"1e9"`` (as sent) unchanged."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+def _choices(expected: str) -> str:
+    """pydantic's ``"'euler', 'heun' or 'midpoint'"`` -> ``euler, heun or midpoint``."""
+    return expected.replace("'", "")
+
+
+def _over_limit(value: str, limit: Any, setting: str | None, unit: str = "") -> str:
+    if setting is None:
+        return f"must be at most {_number(limit)}{unit}"
+    return f"{value}{unit} is over the limit of {_number(limit)}{unit} ({setting.upper()})"
+
+
+def human_reason(
+    error: Mapping[str, Any], *, setting: str | None = None, sent_empty: bool = False, upload: bool = False
+) -> str:
+    """The reason of one pydantic error for a person.
+
+    Args:
+        error: one item of ``RequestValidationError.errors()`` (``type``, ``msg``, ``input``, ``ctx``).
+        setting: the setting that bounds this field (``max_n``), named when the value is over it.
+        sent_empty: the field was sent with an empty value (FastAPI reports that as missing).
+        upload: the field is a file upload.
+    """
+    kind = str(error.get("type", ""))
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "missing" and upload:
+        return "was sent empty; send a PNG, JPEG or WebP file" if sent_empty else "required (a PNG, JPEG or WebP file)"
+    if upload:  # e.g. "Expected UploadFile, received: <class 'str'>" for `-F image=photo.png`
+        return "must be a file, not text (with curl, put @ before the file name)"
+    if kind == "missing":
+        return "must not be blank" if sent_empty else "required"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == r"\S":
+        return "must not be blank"
+    if kind == "string_too_short":
+        return (
+            "must not be blank"
+            if ctx.get("min_length") == 1
+            else f"must be at least {ctx.get('min_length')} characters"
+        )
+    if kind == "string_too_long":
+        length = len(value) if isinstance(value, str) else "?"
+        return _over_limit(f"{length}", ctx.get("max_length"), setting, " characters")
+    if kind == "less_than_equal":
+        return _over_limit(str(value), ctx.get("le"), setting)
+    if kind == "less_than":
+        return f"must be less than {_number(ctx.get('lt'))}"
+    if kind == "greater_than_equal":
+        return f"must be at least {_number(ctx.get('ge'))}"
+    if kind == "greater_than":
+        return f"must be greater than {_number(ctx.get('gt'))}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if kind in ("enum", "literal_error"):
+        return f"must be one of {_choices(str(ctx.get('expected', '')))}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} values (repeat the field), got {ctx.get('actual_length')}"
+    if kind == "too_long":
+        return f"takes at most {ctx.get('max_length')} values, got {ctx.get('actual_length')}"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])  # the validator's own sentence, without pydantic's "Value error, "
+    return str(error.get("msg", "invalid"))
+
+
+def _sent_empty(request: Request, body: Any, where: str, name: str) -> bool:
+    """Whether ``name`` was sent with only empty values (``-F prompt=``, ``?digit=``)."""
+    sent: list[Any]
+    if where == "query":
+        sent = request.query_params.getlist(name)
+    elif where == "body" and isinstance(body, FormData):
+        sent = body.getlist(name)
+    else:
+        return False
+    return bool(sent) and all(value == "" for value in sent)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -109,12 +207,17 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
+        # unknown parameters first (a misspelled name is the likely cause of a "required" below)
+        errors = await unknown_parameters(request, exc.body)
+        known = parameters_of(request)
+        limits, files = (known.limits, known.files) if known else ({}, frozenset())
         for err in exc.errors():
             name, where = _loc_to_name(err.get("loc", ()))
-            errors.append({"name": name, "in": where, "reason": str(err.get("msg", "invalid"))})
-        detail = "; ".join(f"{e['name']}: {e['reason']}" for e in errors) or "invalid request"
-        return problem_response(Problem(422, "invalid-parameter", detail, errors=errors), request)
+            field = name.split("[")[0].split(".")[0]
+            empty = _sent_empty(request, exc.body, where, field)
+            reason = human_reason(err, setting=limits.get(field), sent_empty=empty, upload=field in files)
+            errors.append({"name": name, "in": where, "reason": reason})
+        return problem_response(invalid_params(errors), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,10 +8,12 @@ Accepted: PNG, JPEG and WebP, identified by their content (not the file name or 
 | another format (GIF, BMP, text, ...) | 415 | urn:problem:unsupported-image-type |
 | more bytes than MAX_UPLOAD_BYTES | 413 | urn:problem:upload-too-large |
 | more pixels than MAX_IMAGE_PIXELS (decompression bombs) | 413 | urn:problem:image-too-large |
+| a request body over two uploads plus 1 MiB (``app.main``) | 413 | urn:problem:request-too-large |
 | smaller than 8x8 | 422 | urn:problem:invalid-image |
 | a mask whose size differs from the image's | 422 | urn:problem:mask-size-mismatch |
 
-Every problem names the form field in `errors[0].name`.
+Every problem names the form field in `errors[0].name`, and a limit problem the setting that sets it
+(``image: 50.3 MiB is over the 10 MiB limit (MAX_UPLOAD_BYTES)``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from app.problems import Problem
 from core.settings import Settings
 
 MIN_SIDE = 8
+
+
+def human_bytes(n: int) -> str:
+    """``10485760`` -> ``10 MiB``, ``52742553`` -> ``50.3 MiB``, ``200000`` -> ``195.3 KiB``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,9 @@ def read_image(upload: UploadFile, field: str, settings: Settings, decoder: Deco
     upload.file.seek(0)
     data = upload.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
-        raise _problem(413, "upload-too-large", field, f"larger than {settings.max_upload_bytes} bytes")
+        limit = human_bytes(settings.max_upload_bytes)
+        sent = human_bytes(upload.size) if upload.size else f"more than {limit}"  # size: set by the form parser
+        raise _problem(413, "upload-too-large", field, f"{sent} is over the {limit} limit (MAX_UPLOAD_BYTES)")
     if not data:
         raise _problem(422, "invalid-image", field, "the file is empty")
     return check_image(data, field, settings, decoder)

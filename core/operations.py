@@ -130,6 +130,20 @@ class OperationParams(BaseModel):
             names |= _setting_names(info.annotation, info.metadata)
         return _bounded(cls, tuple(sorted((name, getattr(settings, name)) for name in names)))  # type: ignore[return-value]
 
+    @classmethod
+    def setting_limits(cls) -> dict[str, str]:
+        """Each field bounded by a setting, and that setting's name (``{"n": "max_n"}``), for error messages.
+
+        Read from the ``SettingLimit`` markers of this class and its bases: a ``bounded`` class, whose own
+        fields carry the native constraints instead, answers the same as the class it was made from."""
+        out: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            if isinstance(klass, type) and issubclass(klass, OperationParams):
+                for name, info in klass.model_fields.items():
+                    for setting in _setting_names(info.annotation, info.metadata):
+                        out[info.alias or name] = setting
+        return out
+
 
 @cache
 def _bounded(cls: type[OperationParams], limits: tuple[tuple[str, Any], ...]) -> type[OperationParams]:
@@ -330,7 +344,7 @@ class IfHybrid(IfParams):
     @classmethod
     def _odd(cls, size: int) -> int:
         if size % 2 == 0:
-            raise ValueError("must be odd")
+            raise ValueError("must be an odd number")
         return size
 
 

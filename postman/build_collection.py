@@ -201,6 +201,63 @@ def problem_request(
     }
 
 
+def wait_and_delete_folder() -> dict[str, Any]:
+    """One request for a whole job (``Prefer: wait``), its download, then ``DELETE`` and the 410 after it."""
+    headers = [*_headers(), {"key": "Prefer", "value": "wait=60", "type": "text"}]
+    job = "{{waitJobId}}"
+    return {
+        "name": "One request (Prefer: wait), then delete",
+        "item": [
+            {
+                "name": "submit and wait",
+                "request": {
+                    "method": "POST",
+                    "header": headers,
+                    "url": _url("/mnist/sample", {"digit": "3", "n": "4", "seed": "11"}),
+                    "description": "holds the answer until the job ends (at most 60 s): 200 with the final job body",
+                },
+                "event": _script(
+                    [
+                        "pm.test('200 with the final body', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  pm.expect(pm.response.headers.get('Preference-Applied')).to.eql('wait=60');",
+                        "  const body = pm.response.json();",
+                        "  pm.expect(body.status).to.eql('succeeded');",
+                        "  pm.expect(pm.response.headers.get('Location')).to.eql('/jobs/' + body.id);",
+                        "  pm.collectionVariables.set('waitJobId', body.id);",
+                        "});",
+                    ]
+                ),
+            },
+            {
+                "name": "download",
+                "request": {"method": "GET", "header": _headers(), "url": _url(f"/jobs/{job}/result")},
+                "event": _script(
+                    [
+                        "pm.test('the PNG', () => { pm.response.to.have.status(200);"
+                        " pm.expect(pm.response.headers.get('Content-Type')).to.eql('image/png'); });"
+                    ]
+                ),
+            },
+            {
+                "name": "delete",
+                "request": {"method": "DELETE", "header": _headers(), "url": _url(f"/jobs/{job}")},
+                "event": _script(["pm.test('204', () => { pm.response.to.have.status(204); });"]),
+            },
+            {
+                "name": "gone",
+                "request": {"method": "GET", "header": _headers(), "url": _url(f"/jobs/{job}")},
+                "event": _script(
+                    [
+                        "pm.test('410 job-deleted', () => { pm.response.to.have.status(410);"
+                        " pm.expect(pm.response.json().type).to.eql('urn:problem:job-deleted'); });"
+                    ]
+                ),
+            },
+        ],
+    }
+
+
 def collection() -> dict[str, Any]:
     health = {
         "name": "Health",
@@ -304,6 +361,7 @@ def collection() -> dict[str, Any]:
             description="noise to t=500, then denoise iteratively",
         ),
         events_folder(),
+        wait_and_delete_folder(),
         {
             "name": "Errors",
             "item": [

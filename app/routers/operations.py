@@ -1,7 +1,8 @@
 """The job-creating routes, one per entry of ``core.operations.OPERATIONS``.
 
 Every route is the same three steps: validate (the operation's parameter model as a query or form model,
-with the limits of the settings; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
+with the limits of the settings; a query parameter or form field it does not read is refused, see
+``app.parameters``; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
 ``Location: /jobs/{id}`` header and the job body. With ``Prefer: wait=N`` (RFC 7240) the answer waits up to N
 seconds (at most WAIT_MAX_S) for the job's pushed ``done`` event and is ``200 OK`` with the final job body and
 ``Preference-Applied: wait=N`` when the job ended in time. Upload checks and Redis calls run in the thread
@@ -23,6 +24,8 @@ from app import jobs
 from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, StoreDep, require_api_key
 from app.events import EventHub
 from app.imagecheck import DecoderPool
+from app.parameters import ParamError, UnknownParameters
+from app.problems import invalid_params
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
 from core.operations import OPERATIONS, Operation, OperationParams
@@ -33,7 +36,10 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": JobBody, "description": "with `Prefer: wait=N`: the job ended within N seconds; its final body"},
     202: {"model": JobBody, "description": "accepted; poll the Location header (or follow its events)"},
     401: {"description": "missing or wrong API key", "content": PROBLEM},
-    422: {"description": "a parameter is out of range or malformed (named in `errors`)", "content": PROBLEM},
+    422: {
+        "description": "a parameter is out of range, malformed or unknown (each named in `errors`)",
+        "content": PROBLEM,
+    },
     503: {"description": "the queue is full or no worker can serve this operation", "content": PROBLEM},
 }
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -150,13 +156,20 @@ def _handler(op: Operation, settings: Settings) -> Callable[..., Any]:
     source = Query() if op.transport == "query" else Form()
 
     async def handler(
-        params: OperationParams, submit: Submitter, decoder: DecoderDep, **files: UploadFile
+        params: OperationParams,
+        unknown: list[ParamError],
+        submit: Submitter,
+        decoder: DecoderDep,
+        **files: UploadFile,
     ) -> JSONResponse:
+        if unknown:  # a misspelled parameter must not run the job with a default instead
+            raise invalid_params(unknown)
         uploads = await run_in_threadpool(_check_uploads, op, files, settings, decoder) if op.uploads else {}
         return await submit(op, params, uploads)
 
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),
+        Parameter("unknown", Parameter.KEYWORD_ONLY, annotation=UnknownParameters),
         Parameter("submit", Parameter.KEYWORD_ONLY, annotation=Annotated[Submitter, Depends()]),
         Parameter("decoder", Parameter.KEYWORD_ONLY, annotation=DecoderDep),
         *(

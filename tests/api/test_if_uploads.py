@@ -126,6 +126,80 @@ def test_bad_form_fields(client, path, data, field) -> None:
     _problem(client.post(path, data=data), 422, field)
 
 
+@pytest.mark.parametrize(
+    "path,data,detail",
+    [
+        ("/sample", {}, "prompt: required"),
+        ("/sample", {"prompt": ""}, "prompt: must not be blank"),  # sent empty, which FastAPI reads as missing
+        ("/sample", {"prompt": "   "}, "prompt: must not be blank"),
+        (
+            "/sample",
+            {"prompt": "x" * 501},
+            "prompt: 501 characters is over the limit of 500 characters (MAX_PROMPT_CHARS)",
+        ),
+        ("/sample", {"prompt": "a", "guidance": "1000"}, "guidance: 1000 is over the limit of 30 (MAX_GUIDANCE)"),
+        ("/sample", {"prompt": "a", "upscale": "maybe"}, "upscale: must be true or false"),
+        ("/hybrid", {"prompt_low": "a", "prompt_high": "b", "kernel_size": "32"}, "kernel_size: must be an odd number"),
+        ("/hybrid", {"prompt_low": "a", "prompt_high": "b", "sigma": "0"}, "sigma: must be greater than 0"),
+        ("/anagram", {"prompts": ["only one"]}, "prompts: needs at least 2 values (repeat the field), got 1"),
+        ("/anagram", {"prompts": ["a", " "]}, "prompts[1]: must not be blank"),
+        (
+            "/anagram",
+            {"prompts": ["a", "b"], "views": ["identity"]},
+            "views: 1 views for 2 prompts; give one per prompt",
+        ),
+        (
+            "/anagram",
+            {"prompts": ["a", "b"], "views": ["identity", "spin"]},
+            "views[1]: must be one of flip_horizontal, flip_vertical, identity, jigsaw, negate, rot180, rot270 or rot90",
+        ),
+    ],
+)
+def test_messages_are_written_for_people(client, path, data, detail) -> None:
+    r = client.post(path, data=data)
+    assert r.status_code == 422 and r.json()["detail"] == detail, r.text
+
+
+def test_upload_and_empty_field_messages(client) -> None:
+    def detail(files: dict) -> str:
+        r = client.post("/sdedit", files=files)
+        assert r.status_code == 422, r.text
+        return r.json()["detail"]
+
+    # multipart, as `curl -F prompt=` sends it: on a required field, "sent empty" rather than "Field required"
+    r = client.post("/sample", files={"prompt": (None, "")})
+    assert r.json()["detail"] == "prompt: must not be blank"
+    assert detail({"image": (None, "")}) == "image: was sent empty; send a PNG, JPEG or WebP file"
+    assert (
+        detail({"image": (None, "photo.png")})
+        == "image: must be a file, not text (with curl, put @ before the file name)"
+    )
+    assert detail({}) == "image: required (a PNG, JPEG or WebP file)"
+
+
+def test_limit_messages_name_the_field_and_the_setting(client) -> None:
+    def detail(files: dict) -> str:
+        r = client.post("/sdedit", files=files)
+        assert r.status_code == 413, r.text
+        return r.json()["detail"]
+
+    png = ("a.png", gradient(), "image/png")
+    # the limits name the field, the size, the limit and the setting (MAX_UPLOAD_BYTES = 200,000 here)
+    assert detail({"image": ("x.png", bytes(300_000), "image/png")}) == (
+        "image: 293 KiB is over the 195.3 KiB limit (MAX_UPLOAD_BYTES)"
+    )
+    assert detail({"image": ("x.png", _huge_png(), "image/png")}) == (
+        "image: 2000x2000 (4 megapixels) is over the limit of 1 megapixel (MAX_IMAGE_PIXELS)"
+    )
+    # a body over two uploads plus 1 MiB is refused before it is read: no field to name, the settings instead
+    r = client.post("/inpaint", files={"image": png, "mask": ("m.png", bytes(1_600_000), "image/png")})
+    assert r.status_code == 413 and r.json()["type"] == "urn:problem:request-too-large"
+    assert r.json()["detail"] == (
+        "the request body (1.5 MiB) is over the 1.4 MiB limit: two uploads of at most 195.3 KiB each "
+        "(MAX_UPLOAD_BYTES) plus 1 MiB for the other form fields"
+    )
+
+
 @pytest.mark.parametrize("data,field", [({"t": "1000"}, "t"), ({"t": "-1"}, "t"), ({"method": "magic"}, "method")])
 def test_bad_denoise_fields(client, data, field) -> None:
     r = client.post("/denoise", files={"image": ("a.png", gradient(), "image/png")}, data=data)

@@ -62,6 +62,31 @@ def test_bad_parameters_are_422_naming_the_parameter(client, params, name) -> No
     _problem(client.post("/mnist/sample", params=params), 422, name)
 
 
+@pytest.mark.parametrize(
+    "params,detail",
+    [
+        # over a settings limit: the value, the limit and the setting that sets it
+        ({"n": 101}, "n: 101 is over the limit of 100 (MAX_N)"),
+        ({"steps": 100000}, "steps: 100000 is over the limit of 500 (MAX_STEPS)"),
+        ({"guidance": "1e9"}, "guidance: 1e9 is over the limit of 30 (MAX_GUIDANCE)"),
+        # fixed ranges and types
+        ({"digit": 10}, "digit: must be at most 9"),
+        ({"n": 0}, "n: must be at least 1"),
+        ({"digit": "seven"}, "digit: must be a whole number"),
+        ({"digit": 1.5}, "digit: must be a whole number"),
+        ({"guidance": "nan"}, "guidance: must be a finite number"),
+        ({"guidance": "x"}, "guidance: must be a number"),
+        ({"sampler": "rk45"}, "sampler: must be one of euler, heun or midpoint"),
+        ({"previews": "maybe"}, "previews: must be true or false"),
+        ({"seed": 2**64}, f"seed: must be at most {2**63 - 1}"),
+    ],
+)
+def test_messages_are_written_for_people(client, params, detail) -> None:
+    body = _problem(client.post("/mnist/sample", params=params), 422)
+    assert body["detail"] == detail
+    assert [f"{e['name']}: {e['reason']}" for e in body["errors"]] == [detail]
+
+
 def test_submit_answers_202_with_location_and_job_body(client) -> None:
     r = client.post("/mnist/sample", params={"digit": 3, "n": 2, "seed": 5})
     assert r.status_code == 202

@@ -241,7 +241,7 @@ def test_errors_show_the_detail_and_each_field(page: Page) -> None:
     alert = panel.locator(".problem[role=alert]")
     alert.wait_for()
     assert "prompt_low" in alert.inner_text() and "kernel_size" in alert.inner_text()
-    assert panel.locator("[data-field=prompt_low] .field-error").inner_text() == "Field required"
+    assert panel.locator("[data-field=prompt_low] .field-error").inner_text() == "required"
     assert "odd" in panel.locator("[data-field=kernel_size] .field-error").inner_text()
     assert panel.get_by_label("Prompt seen from afar *", exact=True).get_attribute("aria-invalid") == "true"
     page.errors = [e for e in page.errors if "status of 422" not in e]

@@ -1,10 +1,13 @@
-"""`make run` (scripts/run.sh) starts Redis, the API and a worker, serves, and stops cleanly on Ctrl-C."""
+"""`make run` (scripts/run.sh) starts Redis, the API and a worker, says "ready" once /readyz answers 200,
+serves, and stops cleanly on Ctrl-C; on a busy port it fails at once and says so."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -24,6 +27,7 @@ def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp
         "PORT": str(port),
         "RESULTS_DIR": str(tmp_path / "results"),
         "OMP_NUM_THREADS": "1",
+        "VENV": sys.prefix,  # the interpreter running the tests (run.sh defaults to .venv)
     }
     if tiny_if:  # `TINY_IF=1 make run`: every endpoint on the tiny random-weight IF pipelines
         env |= {"TINY_IF": "1", "TINY_IF_DIR": str(tmp_path / "tiny-if")}
@@ -37,15 +41,24 @@ def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp
             ["bash", "scripts/run.sh"], cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
         )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    ready_line = f"run: ready: http://127.0.0.1:{port}"
     try:
 
         def ready():
+            said_ready = ready_line in (tmp_path / "run.log").read_text()  # read before asking /readyz
             try:
-                return client.get("/readyz").json().get("operations") == expected
+                answer = client.get("/readyz")
+                status, operations = answer.status_code, answer.json().get("operations")
             except (httpx.HTTPError, ValueError):
-                return False
+                status, operations = None, None
+            if said_ready:  # it said so only once /readyz answered 200, which stays so
+                assert status == 200, (status, (tmp_path / "run.log").read_text())
+            return said_ready and operations == expected
 
-        wait_until(ready, 90, interval=0.3, what="make run to be ready")
+        wait_until(ready, 90, interval=0.2, what="make run to say it is ready")
+        text = (tmp_path / "run.log").read_text()
+        # it said what it waited for first (the API, and the worker unless it was up before the API)
+        assert text.index("run: waiting for the API to answer") < text.index(ready_line), text
         job = client.post("/mnist/sample", params={"digit": 0, "n": 2, "steps": 3}).json()
         wait_until(lambda: client.get(f"/jobs/{job['id']}").json()["status"] == "succeeded", 30, what="the job")
         assert client.get(f"/jobs/{job['id']}/result").headers["content-type"] == "image/png"
@@ -66,3 +79,29 @@ def test_run_script_starts_everything_and_stops_on_ctrl_c(mnist_checkpoints, tmp
         raise AssertionError("redis-server still running after Ctrl-C")
     except redis.ConnectionError:
         pass
+
+
+def test_run_script_fails_at_once_on_a_busy_port(tmp_path) -> None:
+    redis_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "PORT": str(port),
+            "RESULTS_DIR": str(tmp_path / "results"),
+            "VENV": sys.prefix,
+        }
+        run = subprocess.run(["bash", "scripts/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run
+    assert run.stderr.strip() == (
+        f"run: cannot start the API: port {port} on 127.0.0.1 is not free (Address already in use); "
+        "stop what uses it, or choose another port: PORT=8080 make run"
+    )
+    assert "ready" not in run.stdout
+    # nothing was started: no Redis on its port, no results folder
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
+    assert not (tmp_path / "results").exists()
