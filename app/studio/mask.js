@@ -13,8 +13,10 @@ export class MaskEditor {
     this.erasing = false;
     this.penDown = false;
     this.cursor = { x: 0.5, y: 0.5 };
-    this.photo = el("canvas", { class: "mask-photo", "aria-hidden": "true" });
+    // 0x0 until a photo is chosen (a canvas is 300x150 by default)
+    this.photo = el("canvas", { class: "mask-photo", "aria-hidden": "true", width: 0, height: 0 });
     this.mask = el("canvas", {
+      width: 0, height: 0,
       class: "mask-paint", id: this.id, tabindex: 0, role: "application",
       "aria-roledescription": "mask painter",
       "aria-label": "Mask: paint with the mouse, or move with the arrow keys and press Space to put the brush down or lift it; E switches brush and eraser; [ and ] change its size",

@@ -73,6 +73,20 @@ class Page:
             cards.first if job_id is None else self.page.locator(f"#history-list article.job[data-job-id='{job_id}']")
         )
 
+    def run(self, panel) -> object:
+        """Click the panel's Run and return the card of the job it submitted (by its id, as cards move down)."""
+        cards = self.page.locator("#history-list article.job")
+        before = cards.count()
+        panel.get_by_role("button", name="Run").click()
+        self.page.wait_for_function(f"() => document.querySelectorAll('#history-list article.job').length > {before}")
+        return self.card(cards.first.get_attribute("data-job-id"))
+
+    def options(self, panel) -> None:
+        """Open the panel's Options (seed, guidance, ...) unless they are open."""
+        details = panel.locator("details.options")
+        if details.get_attribute("open") is None:
+            details.locator("summary").click()
+
     def assert_clean(self, expected: Iterable[str] = ()) -> None:
         """No request to another host, and no console error but Chromium's notes on failed loads matching
         one of the `expected` patterns (which the test provoked on purpose)."""

@@ -31,8 +31,7 @@ def test_mnist_digits_are_generated_and_shown(page: Page, service: Stack) -> Non
     panel.get_by_label("Digit", exact=True).select_option("3")
     panel.get_by_label("How many", exact=True).fill("4")
     panel.get_by_label("Steps", exact=True).fill("8")
-    panel.get_by_role("button", name="Run").click()
-    card = page.card()
+    card = page.run(panel)
     card.locator(".job-status[data-status=succeeded]").wait_for()
     image = card.locator("img.result[data-name='samples.png']")
     wait_image(page, image)
@@ -68,8 +67,7 @@ def test_inpaint_painted_mask_progress_result_and_download(page: Page, service: 
     panel.locator("details.options > summary").click()
     panel.get_by_role("checkbox", name="Upscale to 256×256 (stage II)").check()  # a longer run: two stages
     panel.get_by_role("checkbox", name="Live previews").check()
-    panel.get_by_role("button", name="Run").click()
-    card = page.card()
+    card = page.run(panel)
     card.locator("img.live-preview[data-step]").wait_for(state="attached")  # a preview from the stream was shown
     card.locator(".job-status[data-status=succeeded]").wait_for()
     seen = page.page.evaluate("window.seen")
@@ -108,8 +106,7 @@ def test_cancel_a_running_job_from_the_page(page: Page, service: Stack) -> None:
     panel = page.tab("MNIST digits")
     panel.get_by_label("How many", exact=True).fill("100")
     panel.get_by_label("Steps", exact=True).fill("500")
-    panel.get_by_role("button", name="Run").click()
-    card = page.card()
+    card = page.run(panel)
     page.page.wait_for_function(
         "() => { const b = document.querySelector('#history-list .job-progress'); return b && b.value > 0; }"
     )
