@@ -59,12 +59,17 @@ export function showCommand(box, command, files = []) {
         blob ? el("a", { href: URL.createObjectURL(blob), download: `${name}.png`, text: `${name}.png` }) : el("code", { text: `${name}.png` }),
       ]), ".")
     : null;
+  for (const url of box.urls || []) URL.revokeObjectURL(url);
+  box.urls = [...notes?.querySelectorAll("a") || []].map((a) => a.href);
+  const close = () => {
+    box.hidden = true;
+    box.replaceChildren();
+    for (const url of box.urls) URL.revokeObjectURL(url);
+    box.urls = [];
+  };
   box.replaceChildren(
-    el("label", { for: id, text: "curl (bash)" }),
-    area,
-    notes,
-    said,
-    el("button", { type: "button", text: "Close", onclick: () => { box.hidden = true; box.replaceChildren(); } }),
+    ...[el("label", { for: id, text: "curl (bash)" }), area, notes, said, el("button", { type: "button", text: "Close", onclick: close })]
+      .filter(Boolean),
   );
   box.hidden = false;
   area.focus();

@@ -137,7 +137,7 @@ export class JobCard {
         el(
           "div", { class: "job-title" },
           el("h3", { id: headingId }, el("span", { text: operationLabel(this.kind) }), " ", el("code", { text: short })),
-          el("p", { class: "job-meta" }, el("time", { datetime: new Date(this.at).toISOString(), text: clock(this.at) }), " · ", this.statusLine),
+          el("p", { class: "job-meta" }, el("time", { datetime: new Date(this.at).toISOString(), text: clock(this.at) }), this.statusLine),
         ),
         el("div", { class: "job-head-actions" }, this.toggle, this.removeButton),
       ),

@@ -8,7 +8,9 @@ Every page checks that it asked no other host for anything and logged no console
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -199,9 +201,17 @@ def test_api_key_is_asked_once_and_panels_without_a_worker_say_why(browser, make
         page.wait_for_selector("body[data-ready=true]", state="attached")
         assert not dialog.is_visible()  # asked once per tab
         wait_image(p, p.card().locator("img.result[data-name='samples.png']"))  # the history sends the key too
+        # the copied command carries the key, and works
+        panel = p.tab("MNIST digits")
+        panel.get_by_role("button", name="Copy as curl").click()
+        command = panel.locator("textarea.curl-command").input_value()
+        assert command.endswith(" -H 'X-API-Key: s3cret-key'"), command
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True)
+        stack.client.headers["X-API-Key"] = "s3cret-key"
+        assert stack.wait_terminal(json.loads(out.stdout)["id"])["status"] == "succeeded"
         p.assert_clean()
     finally:
-        p.close()
+        p.close(stack)
 
 
 def test_docs_and_redoc_work_without_any_other_host(page: Page) -> None:
