@@ -230,3 +230,33 @@ def test_images_can_be_dropped_on_a_form_and_pasted(page: Page) -> None:
     assert page.panel().locator("input[type=file]").evaluate("i => i.files[0].name") == "pasted.png"
     assert page.panel().locator(".form-note").inner_text() == "The pasted “pasted.png” is now the image."
     page.assert_clean()
+
+
+def test_the_services_validation_reasons_are_reworded_for_people(page: Page) -> None:
+    """The checks in the browser catch these first; a service with other limits would still send them."""
+    page.open("/")
+    said = page.page.evaluate(
+        """async (cases) => { const { humanReason } = await import("/studio/schema.js");
+                              return cases.map(([reason, name]) => humanReason(reason, name)); }""",
+        [
+            ["Field required", "prompt_low"],
+            ["String should match pattern '\\S'", "prompt"],
+            ["Value error, must be odd", "kernel_size"],
+            ["Input should be less than or equal to 100", "n"],
+            ["Input should be greater than 0", "sigma"],
+            ["Input should be a valid integer, unable to parse string as an integer", "n"],
+            ["Input should be 'euler', 'heun' or 'midpoint'", "sampler"],
+            ["List should have at least 2 items after validation, not 1", "prompts"],
+        ],
+    )
+    assert said == [
+        "Write a prompt: it cannot be empty.",
+        "Cannot be blank: write some text.",
+        "Must be odd.",
+        "Too large: at most 100.",
+        "Too small: more than 0.",
+        "Enter a whole number.",
+        "Choose euler, heun or midpoint.",
+        "Give at least 2.",
+    ]
+    page.assert_clean()

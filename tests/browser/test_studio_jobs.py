@@ -71,6 +71,29 @@ def test_history_lists_jobs_across_a_reload_and_follows_the_running_ones(page: P
     page.assert_clean()
 
 
+def test_at_most_three_cards_hold_a_stream_and_the_others_poll(page: Page, service: Stack) -> None:
+    """Chromium opens at most six connections to a host: four open event streams would starve the page."""
+    streams: set[str] = set()
+    page.open("/")
+    page.page.on("request", lambda r: streams.add(r.url.split("/")[-2]) if r.url.endswith("/events") else None)
+    panel = page.tab("MNIST digits")
+    panel.get_by_label("How many", exact=True).fill("100")
+    panel.get_by_label("Steps", exact=True).fill("400")
+    ids = [job_id_of(page.run(panel)) for _ in range(4)]
+    for job_id in ids:  # every card advances, the fourth by polling GET /jobs/{id}
+        page.page.wait_for_function(
+            f"() => document.querySelector(\"[data-job-id='{job_id}'] .job-progress\").value > 0"
+        )
+    assert streams == set(ids[:3])
+    page.card(ids[0]).get_by_role("button", name="Cancel").click()
+    page.card(ids[0]).locator(".job-status[data-status=canceled]").wait_for()
+    wait_until(lambda: ids[3] in streams, 10, what="the fourth card to take the free stream")
+    for job_id in ids[1:]:
+        page.card(job_id).get_by_role("button", name="Cancel").click()
+        page.card(job_id).locator(".job-status[data-status=canceled]").wait_for()
+    page.assert_clean()
+
+
 def test_clear_one_or_all_and_expired_jobs_are_marked_not_errors(page: Page, service: Stack) -> None:
     page.open("/")
     panel = page.tab("MNIST digits")
