@@ -3,7 +3,7 @@
  *   read() -> {text} (the value to send, null for none) or {error} (a message for people),
  *   set(value) (from a job's recorded request), isDefault(text). */
 
-import { el, nextId, putFile, imageFileOf } from "./dom.js";
+import { dragsFiles, el, imageFileOf, nextId, putFile } from "./dom.js";
 import { checkNumber, checkText, hintOf, labelOf, nonNull, resolve } from "./schema.js";
 
 const SLIDERS = new Set(["i_start", "t"]);
@@ -166,13 +166,13 @@ export function uploadWidget(opName, name, description, onImage = null) {
     take: (chosen) => putFile(input, chosen),
   };
   node.addEventListener("dragover", (event) => {
+    if (!dragsFiles(event)) return;
     event.preventDefault();
     node.classList.add("dropping");
   });
   node.addEventListener("dragleave", () => node.classList.remove("dropping"));
   node.addEventListener("drop", (event) => {
-    event.preventDefault();
-    event.stopPropagation();
+    event.preventDefault(); // taken here: the form and the page leave it alone
     node.classList.remove("dropping");
     const dropped = imageFileOf(event.dataTransfer) || event.dataTransfer?.files?.[0];
     if (dropped) w.take(dropped);

@@ -94,6 +94,7 @@ export class Panel {
       form.addEventListener("dragleave", (event) => { if (!form.contains(event.relatedTarget)) form.classList.remove("dropping"); });
       form.addEventListener("drop", (event) => {
         form.classList.remove("dropping");
+        if (event.defaultPrevented) return; // the image field took it
         const file = imageFileOf(event.dataTransfer) || event.dataTransfer?.files?.[0];
         if (!file) return;
         event.preventDefault();
@@ -220,18 +221,17 @@ export class Panel {
     if (problems.length) return this.showFieldErrors(problems, "Check these fields:");
     const { url, init } = this.request(params, files);
     this.submit.disabled = true;
+    let response;
     try {
-      const response = await api(url, init);
-      if (!response.ok) {
-        this.showProblem(await problemOf(response));
-        return;
-      }
-      state.history.add(await response.json(), { reveal: true });
+      response = await api(url, init);
     } catch {
       this.showProblem({ title: "The service does not answer", detail: "check that it is running, then try again." });
+      return;
     } finally {
       this.submit.disabled = !this.unavailable.hidden;
     }
+    if (!response.ok) return this.showProblem(await problemOf(response));
+    state.history.add(await response.json(), { reveal: true });
   }
 
   async copyCurl() {

@@ -8,7 +8,7 @@
  * history.js (the rail and the queue view), curl.js (copy as curl), dom.js (helpers). */
 
 import { setUpKeyDialog, state } from "./api.js";
-import { imageFileOf } from "./dom.js";
+import { dragsFiles, imageFileOf } from "./dom.js";
 import { History, renderQueue } from "./history.js";
 import { Panel } from "./panel.js";
 
@@ -47,14 +47,25 @@ function buildTabs() {
   select(state.panels[location.hash.slice(1)] || panels[0], false);
 }
 
-/** A pasted image goes to the image input of the panel on show (text pastes are left alone). */
-function listenForPastes() {
+const shown = () => Object.values(state.panels).find((p) => !p.node.hidden);
+
+/** A pasted image goes to the image input of the panel on show (text pastes are left alone). A file dropped
+ * where no form takes it goes there too, and never replaces the page (the browser's default for a drop). */
+function listenForImages() {
   document.addEventListener("paste", (event) => {
     const file = imageFileOf(event.clipboardData);
-    const panel = Object.values(state.panels).find((p) => !p.node.hidden);
+    const panel = shown();
     if (!file || !panel?.widgets.image) return;
     event.preventDefault();
     panel.receive(file, `The pasted ${file.name ? `“${file.name}”` : "image"}`);
+  });
+  document.addEventListener("dragover", (event) => { if (dragsFiles(event)) event.preventDefault(); });
+  document.addEventListener("drop", (event) => {
+    if (event.defaultPrevented || !dragsFiles(event)) return;
+    event.preventDefault();
+    const file = imageFileOf(event.dataTransfer);
+    const panel = shown();
+    if (file && panel?.widgets.image) panel.receive(file, `The dropped “${file.name}”`);
   });
 }
 
@@ -100,7 +111,7 @@ async function start() {
   state.select = select;
   const keyKnown = setUpKeyDialog();
   buildTabs();
-  listenForPastes();
+  listenForImages();
   state.history = new History();
   state.history.onChange = renderQueue;
   await refreshReadiness();

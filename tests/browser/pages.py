@@ -107,6 +107,11 @@ class Page:
                     service.client.post(f"/jobs/{job_id}/cancel")
 
 
+def starts(text: str) -> re.Pattern[str]:
+    """For ``expect(...).to_have_text``: a text that begins with `text`."""
+    return re.compile("^" + re.escape(text))
+
+
 def job_id_of(card) -> str:
     return card.get_attribute("data-job-id")
 

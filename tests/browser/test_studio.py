@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.browser.pages import Page, job_id_of, wait_image
 from tests.support import ROOT, Stack
@@ -40,8 +41,8 @@ def test_mnist_digits_are_generated_and_shown(page: Page, service: Stack) -> Non
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [112, 28]  # 4 digits of 28x28
     body = service.job(job_id_of(card))
     assert body["status"] == "succeeded" and body["params"]["digit"] == 3 and body["params"]["n"] == 4
-    assert card.locator(".manifest summary").inner_text() == "manifest.json"
-    assert card.locator(".seed-value").inner_text() == str(body["params"]["seed"])  # the seed it ran with
+    expect(card.locator(".manifest summary")).to_have_text("manifest.json")
+    expect(card.locator(".seed-value")).to_have_text(str(body["params"]["seed"]))  # the seed it ran with
     page.assert_clean()
 
 
@@ -75,7 +76,7 @@ def test_inpaint_painted_mask_progress_result_and_download(page: Page, service: 
     seen = page.page.evaluate("window.seen")
     fractions = [v / m for v, m in seen if m > 1]
     assert any(0 < f < 1 for f in fractions) and fractions[-1] == 1, seen  # it advanced, then finished
-    assert card.locator(".preview-figure").is_hidden()  # the last live preview gave way to the result
+    expect(card.locator(".preview-figure")).to_be_hidden()  # the last live preview gave way to the result
 
     job_id = job_id_of(card)
     body = service.job(job_id)
@@ -117,7 +118,7 @@ def test_cancel_a_running_job_from_the_page(page: Page, service: Stack) -> None:
     card.locator(".job-status[data-status=canceled]").wait_for(timeout=20_000)
     body = service.job(job_id_of(card))
     assert body["status"] == "canceled" and body["progress"]["step"] < 500
-    assert not card.get_by_role("button", name="Cancel").is_visible()
+    expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
     page.assert_clean()
 
 
@@ -200,7 +201,7 @@ def test_api_key_is_asked_once_and_panels_without_a_worker_say_why(browser, make
         wait_image(p, p.card().locator("img.result[data-name='samples.png']"))
         page.reload()
         page.wait_for_selector("body[data-ready=true]", state="attached")
-        assert not dialog.is_visible()  # asked once per tab
+        expect(dialog).to_be_hidden()  # asked once per tab
         wait_image(p, p.card().locator("img.result[data-name='samples.png']"))  # the history sends the key too
         # the copied command carries the key, and works
         panel = p.tab("MNIST digits")

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
-from tests.browser.pages import Page, job_id_of, wait_image
+from tests.browser.pages import Page, job_id_of, starts, wait_image
 from tests.support import ROOT, Stack
 
 pytestmark = pytest.mark.browser
@@ -130,9 +131,9 @@ def test_checks_in_the_browser_speak_plainly_and_send_nothing(page: Page) -> Non
     panel.get_by_label("Kernel size", exact=True).fill("32")
     panel.get_by_role("button", name="Run").click()
     alert = panel.locator(".problem[role=alert]")
-    assert alert.inner_text() == "Check these fields: Prompt seen from afar, Kernel size."
-    assert panel.locator("[data-field=prompt_low] .field-error").inner_text() == "Write a prompt: it cannot be empty."
-    assert panel.locator("[data-field=kernel_size] .field-error").inner_text() == "Choose an odd number from 1 to 63."
+    expect(alert).to_have_text("Check these fields: Prompt seen from afar, Kernel size.")
+    expect(panel.locator("[data-field=prompt_low] .field-error")).to_have_text("Write a prompt: it cannot be empty.")
+    expect(panel.locator("[data-field=kernel_size] .field-error")).to_have_text("Choose an odd number from 1 to 63.")
     low = panel.get_by_label("Prompt seen from afar *", exact=True)
     assert low.get_attribute("aria-invalid") == "true"
     assert low.evaluate("node => node === document.activeElement")  # the first field to fix has the focus
@@ -144,13 +145,13 @@ def test_checks_in_the_browser_speak_plainly_and_send_nothing(page: Page) -> Non
     page.page.keyboard.type("1e")  # not a number: it must not send the default instead
     panel.get_by_role("button", name="Run").click()
     error = panel.locator("[data-field=n] .field-error")
-    assert error.inner_text() == "Not a number: type digits only, for example 10."
+    expect(error).to_have_text("Not a number: type digits only, for example 10.")
     many.fill("500")
     panel.get_by_label("Guidance", exact=True).fill("-1")
     panel.get_by_role("button", name="Copy as curl").click()  # the same checks before a command is shown
-    assert error.inner_text() == "Enter a whole number from 1 to 100."
-    assert panel.locator("[data-field=guidance] .field-error").inner_text() == "Enter a number from 0 to 30."
-    assert panel.locator(".curl-box").is_hidden()
+    expect(error).to_have_text("Enter a whole number from 1 to 100.")
+    expect(panel.locator("[data-field=guidance] .field-error")).to_have_text("Enter a number from 0 to 30.")
+    expect(panel.locator(".curl-box")).to_be_hidden()
     assert posts == []
     page.assert_clean()
 
@@ -169,8 +170,8 @@ def test_the_services_field_errors_are_shown_beside_the_field_in_plain_words(pag
     panel.get_by_role("button", name="Run").click()
     alert = panel.locator(".problem[role=alert]")
     alert.wait_for()
-    assert alert.inner_text() == "The service did not accept: Image. See the message beside each field."
-    assert panel.locator("[data-field=image] .field-error").inner_text() == "4x4 is smaller than 8x8"
+    expect(alert).to_have_text("The service did not accept: Image. See the message beside each field.")
+    expect(panel.locator("[data-field=image] .field-error")).to_have_text("4x4 is smaller than 8x8")
     assert panel.get_by_label("Image *", exact=True).get_attribute("aria-invalid") == "true"
     page.assert_clean(expected=[r"status of 422"])  # Chromium's note on the 422 answer this test asks for
 
@@ -184,11 +185,12 @@ def test_a_file_that_is_not_an_image_is_a_message_on_its_field(page: Page) -> No
     stage.wait_for()
     image.set_input_files(files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a picture"}])
     error = panel.locator("[data-field=image] .field-error")
-    assert error.inner_text() == "“notes.txt” is not an image this browser can read. Choose a PNG, JPEG or WebP file."
-    assert stage.is_hidden() and panel.locator(".mask-empty").is_visible()  # the old photo is gone
+    expect(error).to_have_text("“notes.txt” is not an image this browser can read. Choose a PNG, JPEG or WebP file.")
+    expect(stage).to_be_hidden()  # the old photo is gone
+    expect(panel.locator(".mask-empty")).to_be_visible()
     assert image.evaluate("input => input.files.length") == 0
     panel.get_by_role("button", name="Run").click()
-    assert panel.locator("[data-field=mask] .field-error").inner_text().startswith("Choose a photo above first")
+    expect(panel.locator("[data-field=mask] .field-error")).to_have_text(starts("Choose a photo above first"))
 
     panel = page.tab("SDEdit")
     panel.get_by_label("Image *", exact=True).set_input_files(str(PHOTO))
@@ -197,8 +199,8 @@ def test_a_file_that_is_not_an_image_is_a_message_on_its_field(page: Page) -> No
     panel.get_by_label("Image *", exact=True).set_input_files(
         files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff broken"}]
     )
-    assert panel.locator("[data-field=image] .field-error").inner_text().startswith("“broken.jpg” is not an image")
-    assert preview.is_hidden()
+    expect(panel.locator("[data-field=image] .field-error")).to_have_text(starts("“broken.jpg” is not an image"))
+    expect(preview).to_be_hidden()
     page.assert_clean()
 
 
@@ -224,11 +226,17 @@ def test_images_can_be_dropped_on_a_form_and_pasted(page: Page) -> None:
     page.panel().locator(".mask-stage").wait_for()
     assert page.panel().locator("input[type=file]").evaluate("i => i.files[0].name") == "dropped.png"
 
+    page.tab("SDEdit")  # dropped beside the form: still the shown tab's image
+    page.page.evaluate(DROP, ["#history", photo, "beside.png", "drop"])
+    page.panel().locator("img.upload-preview").wait_for()
+    assert page.panel().locator("input[type=file]").evaluate("i => i.files[0].name") == "beside.png"
+    expect(page.panel().locator(".form-note")).to_have_text("The dropped “beside.png” is now the image.")
+
     page.tab("Denoise")
     page.page.evaluate(DROP, ["body", photo, "pasted.png", "paste"])
     page.panel().locator("img.upload-preview").wait_for()
     assert page.panel().locator("input[type=file]").evaluate("i => i.files[0].name") == "pasted.png"
-    assert page.panel().locator(".form-note").inner_text() == "The pasted “pasted.png” is now the image."
+    expect(page.panel().locator(".form-note")).to_have_text("The pasted “pasted.png” is now the image.")
     page.assert_clean()
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from playwright.sync_api import expect
 
-from tests.browser.pages import Page, job_id_of, wait_image
+from tests.browser.pages import Page, job_id_of, starts, wait_image
 from tests.support import ROOT, Stack, wait_until
 
 pytestmark = pytest.mark.browser
@@ -44,7 +45,7 @@ def test_history_lists_jobs_across_a_reload_and_follows_the_running_ones(page: P
     assert len({done_id, *long_ids}) == 3
     for job_id in long_ids:
         page.card(job_id).locator(".job-status[data-status=running]").wait_for()
-    assert page.page.locator("#queue-summary").inner_text().startswith("Your jobs: 2 running, 0 queued")
+    expect(page.page.locator("#queue-summary")).to_have_text(starts("Your jobs: 2 running, 0 queued"))
 
     page.reload()
     ids = [job_id_of(c) for c in page.page.locator("#history-list article.job").all()]
@@ -52,7 +53,7 @@ def test_history_lists_jobs_across_a_reload_and_follows_the_running_ones(page: P
     assert {e["id"] for e in _stored(page)} == set(ids)
     # the finished one shows its result; the running ones continue live
     wait_image(page, page.card(done_id).locator("img.thumb"))
-    assert page.card(done_id).locator(".job-status").inner_text() == "Succeeded"
+    expect(page.card(done_id).locator(".job-status")).to_have_text("Succeeded")
     for job_id in long_ids:
         card = page.card(job_id)
         card.locator(".job-status[data-status=running]").wait_for()
@@ -61,13 +62,13 @@ def test_history_lists_jobs_across_a_reload_and_follows_the_running_ones(page: P
         page.page.wait_for_function(
             f"() => document.querySelector(\"[data-job-id='{job_id}'] .job-progress\").value > {before}"
         )
-    assert page.page.locator("#queue-summary").inner_text().startswith("Your jobs: 2 running, 0 queued")
+    expect(page.page.locator("#queue-summary")).to_have_text(starts("Your jobs: 2 running, 0 queued"))
     for job_id in long_ids:
         card = page.card(job_id)
         card.get_by_role("button", name="Cancel").click()
         card.locator(".job-status[data-status=canceled]").wait_for()
         assert service.job(job_id)["status"] == "canceled"
-    assert page.page.locator("#queue-summary").inner_text().startswith("Your jobs: 0 running, 0 queued")
+    expect(page.page.locator("#queue-summary")).to_have_text(starts("Your jobs: 0 running, 0 queued"))
     page.assert_clean()
 
 
@@ -112,7 +113,7 @@ def test_clear_one_or_all_and_expired_jobs_are_marked_not_errors(page: Page, ser
     page.reload()
     page.card(expired).locator(".job-status[data-status=expired]").wait_for()
     page.card(unknown).locator(".job-status[data-status=missing]").wait_for()
-    assert page.card(expired).locator(".job-status").inner_text().startswith("Expired")
+    expect(page.card(expired).locator(".job-status")).to_have_text(starts("Expired"))
     assert page.page.locator("#history-list .problem").count() == 0  # marked, not shown as errors
     page.card(kept).locator(".job-status[data-status=succeeded]").wait_for()
 
@@ -120,7 +121,7 @@ def test_clear_one_or_all_and_expired_jobs_are_marked_not_errors(page: Page, ser
     assert page.card(expired).count() == 0 and expired not in {e["id"] for e in _stored(page)}
     page.page.get_by_role("button", name="Clear finished").click()
     assert page.page.locator("#history-list article.job").count() == 0 and _stored(page) == []
-    assert page.page.locator("#history-empty").is_visible()
+    expect(page.page.locator("#history-empty")).to_be_visible()
     page.reload()
     assert page.page.locator("#history-list article.job").count() == 0
     page.assert_clean(expected=[r"status of 410", r"status of 404"])  # what the expired and unknown jobs answer
@@ -136,18 +137,19 @@ def test_reuse_settings_gives_the_same_bytes_and_reuse_seed_fills_the_seed(page:
     first.locator(".job-status[data-status=succeeded]").wait_for()
     first_id = job_id_of(first)
     manifest = service.client.get(f"/jobs/{first_id}/files/manifest.json").json()
-    assert first.locator(".seed-value").inner_text() == "1234" == str(manifest["seed"])
+    assert manifest["seed"] == 1234
+    expect(first.locator(".seed-value")).to_have_text("1234")
     # change everything, then take the job's settings back
     panel.get_by_label("Digit", exact=True).select_option("2")
     panel.get_by_label("How many", exact=True).fill("7")
     panel.get_by_label("Seed", exact=True).fill("")
     panel.get_by_label("Sampler", exact=True).select_option("euler")
     first.get_by_role("button", name="Reuse settings").click()
-    assert panel.get_by_label("Digit", exact=True).input_value() == "5"
-    assert panel.get_by_label("How many", exact=True).input_value() == "4"
-    assert panel.get_by_label("Seed", exact=True).input_value() == "1234"
-    assert panel.get_by_label("Sampler", exact=True).input_value() == "midpoint"
-    assert panel.get_by_label("Steps", exact=True).input_value() == str(manifest["request"]["steps"])
+    expect(panel.get_by_label("Digit", exact=True)).to_have_value("5")
+    expect(panel.get_by_label("How many", exact=True)).to_have_value("4")
+    expect(panel.get_by_label("Seed", exact=True)).to_have_value("1234")
+    expect(panel.get_by_label("Sampler", exact=True)).to_have_value("midpoint")
+    expect(panel.get_by_label("Steps", exact=True)).to_have_value(str(manifest["request"]["steps"]))
     second = page.run(panel)
     assert job_id_of(second) != first_id
     second.locator(".job-status[data-status=succeeded]").wait_for()
@@ -160,7 +162,7 @@ def test_reuse_settings_gives_the_same_bytes_and_reuse_seed_fills_the_seed(page:
     third = page.run(panel)
     third.locator(".job-status[data-status=succeeded]").wait_for()
     seed = str(service.job(job_id_of(third))["params"]["seed"])
-    assert third.locator(".seed-value").inner_text() == seed
+    expect(third.locator(".seed-value")).to_have_text(seed)
     panel.get_by_label("How many", exact=True).fill("9")
     third.get_by_role("button", name="Reuse seed").click()
     seed_field = panel.get_by_label("Seed", exact=True)
@@ -285,14 +287,15 @@ def test_a_card_says_connection_lost_while_the_api_is_down_and_recovers(browser,
         stack.api.wait(15)
         conn = card.locator(".job-conn")
         conn.wait_for(timeout=15_000)
-        assert conn.inner_text() == "Connection lost, retrying…"
+        expect(conn).to_have_text("Connection lost, retrying…")
         assert card.get_attribute("data-connection") == "lost"
         step = _progress(card)
         assert card.locator(".job-status[data-status=running]").count() == 1
 
         stack.start_api()  # the same port
         card.locator(".job-status[data-status=succeeded]").wait_for(timeout=60_000)
-        assert conn.is_hidden() and card.get_attribute("data-connection") is None
+        expect(conn).to_be_hidden()
+        assert card.get_attribute("data-connection") is None
         assert _progress(card) == 500 > step
         wait_image(page, card.locator("img.result[data-name='samples.png']"))
         assert stack.job(job_id)["status"] == "succeeded"
