@@ -4,7 +4,7 @@
 
 import { state } from "./api.js";
 import { el } from "./dom.js";
-import { JobCard, isActive } from "./jobs.js";
+import { JobCard, isActive, isGone } from "./jobs.js";
 
 const STORE = "studio.history.v1";
 const KEEP = 200; // finished entries beyond the newest KEEP are dropped
@@ -42,7 +42,8 @@ export class History {
       const card = new JobCard(this, entry, { expanded: i === 0 });
       this.cards.set(card.id, card);
       this.list.append(card.node);
-      if (i === 0 || isActive(entry.status) || !entry.status) card.refresh();
+      if (isGone(entry.status)) card.gone(entry.status);
+      else if (i === 0 || isActive(entry.status) || !entry.status) card.refresh();
       else this.lookup.observe(card.node);
     });
     this.update();
@@ -90,6 +91,7 @@ export class History {
     }
     this.save();
     this.update();
+    if (!kept) document.getElementById("history-title").focus(); // the button it was on is hidden now
     this.note.textContent = kept
       ? `Kept ${kept} running or queued job${kept === 1 ? "" : "s"}: cancel ${kept === 1 ? "it" : "them"} first to remove ${kept === 1 ? "it" : "them"}.`
       : "History cleared.";

@@ -19,6 +19,8 @@ const GONE = new Set(["expired", "missing"]);
 
 export const isActive = (status) => status === "queued" || status === "running";
 export const isOver = (status) => TERMINAL.has(status) || GONE.has(status);
+/** Expired or unknown to the service: nothing more to ask it. */
+export const isGone = (status) => GONE.has(status);
 
 /** A counting semaphore whose waiters can withdraw. */
 class Slots {
