@@ -32,6 +32,7 @@ def test_the_studio_is_at_the_root_with_its_files(client: TestClient) -> None:
     for name, media in (("studio.js", "javascript"), ("studio.css", "text/css")):
         asset = client.get(f"/studio/{name}")
         assert asset.status_code == 200 and media in asset.headers["content-type"]
+    assert '<script type="module" src="/studio/studio.js">' in r.text  # an ES module: deferred, strict
     config = client.get("/studio/config.json").json()
     assert config["api_key_required"] is False
     assert [op["name"] for op in config["operations"]] == list(OPERATIONS)
@@ -39,6 +40,18 @@ def test_the_studio_is_at_the_root_with_its_files(client: TestClient) -> None:
     assert [u["name"] for u in inpaint["uploads"]] == ["image", "mask"] and inpaint["transport"] == "form"
     # neither the page nor its files are in the API schema
     assert not {"/", "/studio/config.json"} & set(client.get("/openapi.json").json()["paths"])
+
+
+def test_every_module_is_served_as_javascript_and_every_import_resolves(client: TestClient) -> None:
+    """A browser refuses a module script served with another MIME type, and a missing import breaks the page."""
+    modules = sorted(path.name for path in STUDIO.glob("*.js"))
+    assert "studio.js" in modules and len(modules) > 1
+    for name in modules:
+        asset = client.get(f"/studio/{name}")
+        assert asset.status_code == 200, name
+        assert asset.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript"), name
+        for target in re.findall(r'^import .*? from "(.+?)";$', asset.text, flags=re.M):
+            assert target.startswith("./") and (STUDIO / target[2:]).is_file(), f"{name} imports {target}"
 
 
 def test_studio_files_name_no_other_host() -> None:

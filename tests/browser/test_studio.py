@@ -1,5 +1,5 @@
-"""The studio and the docs in a real Chromium (Debian's ``chromium``, driven by Playwright), against a live
-service: a real Redis, a worker with the shipped MNIST checkpoints and the tiny IF pipelines, and uvicorn.
+"""The studio and the docs in a real Chromium: each operation's form, the mask painter, progress, cancel,
+the keyboard, errors, a narrow screen, the API key (fixtures in conftest.py).
 
 Every page checks that it asked no other host for anything and logged no console error. With
 ``STUDIO_SCREENSHOT=path`` the inpaint test also saves the README's screenshot there.
@@ -8,99 +8,19 @@ Every page checks that it asked no other host for anything and logged no console
 from __future__ import annotations
 
 import io
+import json
 import os
-import shutil
-from collections.abc import Iterator
+import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
-from tests.support import ROOT, Stack, wait_until
+from tests.browser.pages import Page, job_id_of, wait_image
+from tests.support import ROOT, Stack
 
 pytestmark = pytest.mark.browser
-
-TIMEOUT_MS = 120_000
-
-
-def _chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail("Chromium is not installed: run `make setup` (installs Debian's chromium)", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def service(redis_server, tiny_if, tmp_path_factory) -> Iterator[Stack]:
-    """The API and one worker on the shipped MNIST checkpoints (the settings' defaults) and the tiny IF."""
-    stack = Stack(redis_server.url, {**tiny_if, "PREVIEW_EVERY": "2"}, tmp_path_factory.mktemp("studio"))
-    stack.start_api()
-    stack.start_worker()
-    wait_until(lambda: "if_inpaint" in stack.client.get("/readyz").json()["operations"], 60, what="IF ready")
-    yield stack
-    stack.stop()
-
-
-class Page:
-    """A fresh browser context and page that records requests to other hosts and console errors."""
-
-    def __init__(self, browser, base_url: str, **context) -> None:
-        self.base = base_url.rstrip("/")
-        self.context = browser.new_context(accept_downloads=True, **context)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.foreign: list[str] = []
-        self.errors: list[str] = []
-        origin = urlsplit(self.base).netloc
-        self.page.on(
-            "request",
-            lambda r: (
-                None
-                if urlsplit(r.url).scheme in ("blob", "data") or urlsplit(r.url).netloc == origin
-                else self.foreign.append(r.url)
-            ),
-        )
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def open(self, path: str = "/") -> object:
-        self.page.goto(self.base + path)
-        if path == "/" or path.startswith("/#"):
-            self.page.wait_for_selector("body[data-ready=true]", state="attached")
-        return self.page
-
-    def tab(self, label: str) -> object:
-        self.page.get_by_role("tab", name=label).click()
-        return self.page.locator("section[role=tabpanel]:not([hidden])")
-
-    def assert_clean(self) -> None:
-        assert self.foreign == [], f"requests to other hosts: {self.foreign}"
-        assert self.errors == [], f"console errors: {self.errors}"
-
-    def close(self) -> None:
-        self.context.close()
-
-
-@pytest.fixture
-def page(browser, service: Stack) -> Iterator[Page]:
-    p = Page(browser, str(service.client.base_url), viewport={"width": 1280, "height": 900})
-    yield p
-    p.close()
-
-
-def _job_id(panel) -> str:
-    return panel.locator("article.job").get_attribute("aria-label").removeprefix("job ")
 
 
 def _png(data: bytes) -> Image.Image:
@@ -114,15 +34,15 @@ def test_mnist_digits_are_generated_and_shown(page: Page, service: Stack) -> Non
     panel.get_by_label("Digit", exact=True).select_option("3")
     panel.get_by_label("How many", exact=True).fill("4")
     panel.get_by_label("Steps", exact=True).fill("8")
-    panel.get_by_role("button", name="Run").click()
-    panel.locator(".job-status[data-status=succeeded]").wait_for()
-    image = panel.locator("img.result[data-name='samples.png']")
-    image.wait_for()
-    page.page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    card = page.run(panel)
+    card.locator(".job-status[data-status=succeeded]").wait_for()
+    image = card.locator("img.result[data-name='samples.png']")
+    wait_image(page, image)
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [112, 28]  # 4 digits of 28x28
-    body = service.job(_job_id(panel))
+    body = service.job(job_id_of(card))
     assert body["status"] == "succeeded" and body["params"]["digit"] == 3 and body["params"]["n"] == 4
-    assert panel.locator(".manifest summary").inner_text() == "manifest.json"
+    expect(card.locator(".manifest summary")).to_have_text("manifest.json")
+    expect(card.locator(".seed-value")).to_have_text(str(body["params"]["seed"]))  # the seed it ran with
     page.assert_clean()
 
 
@@ -142,21 +62,23 @@ def test_inpaint_painted_mask_progress_result_and_download(page: Page, service: 
     # record every value the progress bar takes while the job runs
     page.page.evaluate(
         """() => { window.seen = []; new MutationObserver(() => {
-             const bar = document.querySelector('section:not([hidden]) .job-progress');
+             const bar = document.querySelector('#history-list .job-progress');
              if (bar && !bar.dataset.watched) { bar.dataset.watched = '1';
                new MutationObserver(() => window.seen.push([bar.value, bar.max])).observe(bar, {attributes: true}); }
            }).observe(document.body, {childList: true, subtree: true}); }"""
     )
     panel.locator("details.options > summary").click()
     panel.get_by_role("checkbox", name="Upscale to 256×256 (stage II)").check()  # a longer run: two stages
-    panel.get_by_role("button", name="Run").click()
-    panel.locator(".job-status[data-status=succeeded]").wait_for()
+    panel.get_by_role("checkbox", name="Live previews").check()
+    card = page.run(panel)
+    card.locator("img.live-preview[data-step]").wait_for(state="attached")  # a preview from the stream was shown
+    card.locator(".job-status[data-status=succeeded]").wait_for()
     seen = page.page.evaluate("window.seen")
     fractions = [v / m for v, m in seen if m > 1]
     assert any(0 < f < 1 for f in fractions) and fractions[-1] == 1, seen  # it advanced, then finished
-    assert panel.locator("img.live-preview").get_attribute("data-step")  # a preview from the stream was shown
+    expect(card.locator(".preview-figure")).to_be_hidden()  # the last live preview gave way to the result
 
-    job_id = _job_id(panel)
+    job_id = job_id_of(card)
     body = service.job(job_id)
     assert body["status"] == "succeeded" and body["params"]["previews"] is True
     # the mask the page sent: the photo's size, white along the stroke, black elsewhere
@@ -168,15 +90,17 @@ def test_inpaint_painted_mask_progress_result_and_download(page: Page, service: 
     assert sorted(set(mask.tobytes())) == [0, 255]
 
     upscaled = next(name for name in body["results"] if name.startswith("result_"))  # result_<stage-II size>.png
-    figure = panel.locator("figure.result-figure", has=page.page.locator(f"img[data-name='{upscaled}']"))
+    figure = card.locator("figure.result-figure", has=page.page.locator(f"img[data-name='{upscaled}']"))
+    wait_image(page, figure.locator("img"))
     with page.page.expect_download() as info:
-        figure.get_by_role("link", name="download").click()
+        figure.get_by_role("link", name=f"download {upscaled}").click()
     saved = tmp_path / "result.png"
     info.value.save_as(saved)
     stage1 = _png(service.client.get(body["results"]["result.png"]).content)
     assert _png(saved.read_bytes()).size[0] > stage1.size[0]  # the stage-II upscale of the stage-I result
     assert saved.read_bytes() == service.client.get(body["result_url"]).content
     shot = os.environ.get("STUDIO_SCREENSHOT")
+    page.page.evaluate("document.activeElement.blur()")  # no focus ring in the README's picture
     page.page.screenshot(path=shot or str(tmp_path / "studio.png"), full_page=True)
     page.assert_clean()
 
@@ -186,15 +110,15 @@ def test_cancel_a_running_job_from_the_page(page: Page, service: Stack) -> None:
     panel = page.tab("MNIST digits")
     panel.get_by_label("How many", exact=True).fill("100")
     panel.get_by_label("Steps", exact=True).fill("500")
-    panel.get_by_role("button", name="Run").click()
+    card = page.run(panel)
     page.page.wait_for_function(
-        "() => { const b = document.querySelector('section:not([hidden]) .job-progress'); return b && b.value > 0; }"
+        "() => { const b = document.querySelector('#history-list .job-progress'); return b && b.value > 0; }"
     )
-    panel.get_by_role("button", name="Cancel").click()
-    panel.locator(".job-status[data-status=canceled]").wait_for(timeout=20_000)
-    body = service.job(_job_id(panel))
+    card.get_by_role("button", name="Cancel").click()
+    card.locator(".job-status[data-status=canceled]").wait_for(timeout=20_000)
+    body = service.job(job_id_of(card))
     assert body["status"] == "canceled" and body["progress"]["step"] < 500
-    assert not panel.get_by_role("button", name="Cancel").is_visible()
+    expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
     page.assert_clean()
 
 
@@ -227,39 +151,32 @@ def test_keyboard_alone_switches_tabs_paints_and_runs(page: Page, service: Stack
     p.keyboard.type("4")
     mnist.get_by_role("button", name="Run").focus()
     p.keyboard.press("Enter")
-    mnist.locator(".job-status[data-status=succeeded]").wait_for()
+    card = page.card()
+    card.locator(".job-status[data-status=succeeded]").wait_for()
+    assert card.evaluate("node => node.contains(document.activeElement)")  # the focus moved to the new card
     page.assert_clean()
 
 
-def test_errors_show_the_detail_and_each_field(page: Page) -> None:
-    page.open("/")
-    panel = page.tab("Hybrid")
-    panel.get_by_label("Prompt seen from afar *", exact=True).fill("")
-    panel.get_by_label("Kernel size", exact=True).fill("32")
-    # the answer is a 422 problem+json, which Chromium logs as a failed resource: not counted below
-    panel.get_by_role("button", name="Run").click()
-    alert = panel.locator(".problem[role=alert]")
-    alert.wait_for()
-    assert "prompt_low" in alert.inner_text() and "kernel_size" in alert.inner_text()
-    assert panel.locator("[data-field=prompt_low] .field-error").inner_text() == "required"
-    assert "odd" in panel.locator("[data-field=kernel_size] .field-error").inner_text()
-    assert panel.get_by_label("Prompt seen from afar *", exact=True).get_attribute("aria-invalid") == "true"
-    page.errors = [e for e in page.errors if "status of 422" not in e]
-    page.assert_clean()
-
-
-def test_narrow_screen_has_one_column(browser, service: Stack) -> None:
-    p = Page(browser, str(service.client.base_url), viewport={"width": 390, "height": 844})
+def test_narrow_screen_has_one_column_and_run_scrolls_to_the_new_card(browser, service: Stack) -> None:
+    p = Page(browser, str(service.client.base_url), viewport={"width": 390, "height": 844}, is_mobile=True)
     try:
         p.open("/")
         panel = p.tab("Anagram")
         width = p.page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways ({width}px)"
-        form, output = panel.locator("form.op-form").bounding_box(), panel.locator(".output").bounding_box()
-        assert output["y"] >= form["y"] + form["height"] - 1  # stacked, not side by side
+        form, rail = panel.locator("form.op-form").bounding_box(), p.page.locator("#history").bounding_box()
+        assert rail["y"] >= form["y"] + form["height"] - 1  # stacked, not side by side
+        panel = p.tab("MNIST digits")
+        panel.get_by_role("button", name="Run").click()
+        card = p.card()
+        card.locator(".job-status[data-status=succeeded]").wait_for()
+        box = card.bounding_box()  # relative to the viewport: the page scrolled down to the card
+        assert 0 <= box["y"] < 844, box
+        assert card.evaluate("node => node.contains(document.activeElement)")
+        assert p.page.evaluate("document.documentElement.scrollWidth") <= 390
         p.assert_clean()
     finally:
-        p.close()
+        p.close(service)
 
 
 def test_api_key_is_asked_once_and_panels_without_a_worker_say_why(browser, make_stack) -> None:
@@ -280,14 +197,23 @@ def test_api_key_is_asked_once_and_panels_without_a_worker_say_why(browser, make
         panel = p.tab("MNIST digits")
         panel.get_by_label("Steps", exact=True).fill("4")
         panel.get_by_role("button", name="Run").click()
-        panel.locator(".job-status[data-status=succeeded]").wait_for()
-        panel.locator("img.result[data-name='samples.png']").wait_for()
+        p.card().locator(".job-status[data-status=succeeded]").wait_for()
+        wait_image(p, p.card().locator("img.result[data-name='samples.png']"))
         page.reload()
         page.wait_for_selector("body[data-ready=true]", state="attached")
-        assert not dialog.is_visible()  # asked once per tab
+        expect(dialog).to_be_hidden()  # asked once per tab
+        wait_image(p, p.card().locator("img.result[data-name='samples.png']"))  # the history sends the key too
+        # the copied command carries the key, and works
+        panel = p.tab("MNIST digits")
+        panel.get_by_role("button", name="Copy as curl").click()
+        command = panel.locator("textarea.curl-command").input_value()
+        assert command.endswith(" -H 'X-API-Key: s3cret-key'"), command
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True)
+        stack.client.headers["X-API-Key"] = "s3cret-key"
+        assert stack.wait_terminal(json.loads(out.stdout)["id"])["status"] == "succeeded"
         p.assert_clean()
     finally:
-        p.close()
+        p.close(stack)
 
 
 def test_docs_and_redoc_work_without_any_other_host(page: Page) -> None:
