@@ -231,35 +231,37 @@ _TERMINAL_LUA = "local function terminal(s) return s == 'succeeded' or s == 'fai
 #       stream prefix.
 # Returns one entry per job taken: {id, 1, HMGET of START_FIELDS after the start} for a started job, or
 # {id, 0, state} for one that is not startable (canceled while being claimed, deleted, not the service's).
-START_FIELDS = ("attempt", "kind", "func", "params", "submitted", "retries", "cancel", "timeout", "state")
+START_FIELDS = ("state", "attempt", "kind", "func", "params", "submitted", "retries", "cancel", "timeout")
 START = (
     _TERMINAL_LUA
     + """
 local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
-  local cur = redis.call('HMGET', rk, 'state', 'attempt')
-  if cur[1] ~= 'queued' then
+  local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
+    'cancel', 'timeout')
+  if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
-    out[#out + 1] = {id, 0, cur[1] or ''}
+    out[#out + 1] = {id, 0, f[1] or ''}
     return
   end
-  local attempt = tonumber(cur[2] or '0') + 1
+  local attempt = tonumber(f[2] or '0') + 1
   redis.call('HSET', rk, 'state', 'running', 'status', 'started', 'attempt', attempt, 'started', ARGV[4],
     'started_at', ARGV[5], 'worker', ARGV[3], 'worker_name', ARGV[3], 'progress', '')
   local data = '{"status":"running","attempt":' .. attempt .. '}'
   local sid = redis.call('XADD', ARGV[10] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event', 'status', 'data', data)
   redis.call('PUBLISH', ARGV[8], id .. ' ' .. sid .. ' status ' .. data)
   redis.call('ZADD', KEYS[3], ARGV[6], id .. ':a' .. attempt)
-  local f = redis.call('HMGET', rk, 'attempt', 'kind', 'func', 'params', 'submitted', 'retries', 'cancel',
-    'timeout', 'state')
+  f[1], f[2] = 'running', tostring(attempt)
   out[#out + 1] = {id, 1, f}
 end
 if ARGV[1] ~= '' then start(ARGV[1]) end
-for i = 1, tonumber(ARGV[2]) do
-  local id = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
-  if not id then break end
-  start(id)
+if tonumber(ARGV[2]) > 0 then
+  local more = redis.call('LMPOP', 1, KEYS[2], 'LEFT', 'COUNT', ARGV[2])
+  if more then
+    redis.call('RPUSH', KEYS[1], unpack(more[2]))
+    for _, id in ipairs(more[2]) do start(id) end
+  end
 end
 return out
 """

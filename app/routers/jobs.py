@@ -48,7 +48,9 @@ async def _file(
 ) -> Response:
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    record, _ = await run_in_threadpool(jobs.fetch, lifecycle, job_id)
+    record = await run_in_threadpool(lifecycle.read, job_id)  # one HMGET; the 404 or 410 only when it is gone
+    if record is None:
+        record, _ = await run_in_threadpool(jobs.fetch, lifecycle, job_id)
     if record.state.value != "succeeded":
         raise Problem(
             409, "job-not-succeeded", f"job {job_id} is {record.state.value}; results exist only once it succeeded"

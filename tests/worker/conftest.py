@@ -17,6 +17,7 @@ from core.store import FolderStore
 from workers import registry as model_registry
 from workers.context import WorkerEnv
 from workers.loop import WorkLoop
+from workers.progress import PUBLISHER
 
 
 @pytest.fixture
@@ -43,13 +44,14 @@ def settings(
 
 @pytest.fixture
 def lifecycle(settings: Settings) -> Iterator[Lifecycle]:
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=10)
     yield Lifecycle(
         redis,
         service_queue(settings.queue_name, redis),
         result_ttl_s=settings.result_ttl_s,
         tombstone_ttl_s=settings.tombstone_ttl_s,
     )
+    PUBLISHER.flush()  # the process's event thread may still be sending this test's events on this client
     redis.close()
 
 
