@@ -72,7 +72,19 @@ def measure(stack, follow: str, jobs: int, profile_dir: Path | None) -> dict:
             out = profile_dir / f"{follow}-{name}.txt"
             spies.append(
                 subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(pids[name]), "--format", "raw", "--gil", "--rate", "250", "-o", str(out)],
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(pids[name]),
+                        "--format",
+                        "raw",
+                        "--gil",
+                        "--rate",
+                        "250",
+                        "-o",
+                        str(out),
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -14,7 +14,7 @@ from app.deps import LifecycleDep, SettingsDep, StoreDep, require_api_key
 from app.downloads import store_response
 from app.events import EventHub
 from app.problems import Problem
-from app.routers.jobs import JobId
+from app.routers.jobs import JobId, Redirect
 from core import events
 from core.store import StoreNotFound
 
@@ -112,7 +112,13 @@ PreviewName = Annotated[str, Path(description="a name from a `preview` event", e
 )
 @router.head("/{job_id}/previews/{name}", include_in_schema=False)
 async def get_preview(
-    request: Request, job_id: JobId, name: PreviewName, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+    request: Request,
+    job_id: JobId,
+    name: PreviewName,
+    lifecycle: LifecycleDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    redirect: Redirect = None,
 ) -> Response:
     await run_in_threadpool(jobs.fetch, lifecycle, job_id)
     if not events.PREVIEW_NAME_RE.fullmatch(name):
@@ -124,7 +130,7 @@ async def get_preview(
             f"{events.PREVIEWS}/{name}",
             request,
             media_type="image/png",
-            redirect=settings.results_redirect,
+            redirect=settings.results_redirect and redirect is not False,
             presign_expiry_s=settings.results_presign_expiry_s,
         )
     except StoreNotFound:

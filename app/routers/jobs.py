@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,13 @@ JobId = Annotated[
     str, Path(description="the job id from the 202 answer", examples=["3f0c2a9b8e7d4c6a9b1e2f3a4b5c6d7e"])
 ]
 FileName = Annotated[str, Path(description="a name from the job's `results`", examples=["samples.png"])]
+Redirect = Annotated[
+    bool | None,
+    Query(
+        description="`false`: stream the file through the API even with RESULTS_REDIRECT=true (for a page whose "
+        "security policy allows only its own origin, such as the studio)"
+    ),
+]
 
 _MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".gif": "image/gif"}
 
@@ -44,7 +51,13 @@ def _media_type(name: str) -> str:
 
 
 async def _file(
-    request: Request, settings: Settings, lifecycle: Lifecycle, store: ResultStore, job_id: str, name: str | None
+    request: Request,
+    settings: Settings,
+    lifecycle: Lifecycle,
+    store: ResultStore,
+    job_id: str,
+    name: str | None,
+    redirect: bool | None,
 ) -> Response:
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
@@ -67,7 +80,7 @@ async def _file(
             name,
             request,
             media_type=_media_type(name),
-            redirect=settings.results_redirect,
+            redirect=settings.results_redirect and redirect is not False,
             presign_expiry_s=settings.results_presign_expiry_s,
         )
     except StoreNotFound:
@@ -88,9 +101,14 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/{job_id}/result", summary="Download the main PNG", response_class=Response, responses=_FILE_RESPONSES)
 @router.head("/{job_id}/result", include_in_schema=False)
 async def get_result(
-    request: Request, job_id: JobId, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+    request: Request,
+    job_id: JobId,
+    lifecycle: LifecycleDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, lifecycle, store, job_id, None)
+    return await _file(request, settings, lifecycle, store, job_id, None, redirect)
 
 
 @router.get(
@@ -98,9 +116,15 @@ async def get_result(
 )
 @router.head("/{job_id}/files/{name}", include_in_schema=False)
 async def get_file(
-    request: Request, job_id: JobId, name: FileName, lifecycle: LifecycleDep, store: StoreDep, settings: SettingsDep
+    request: Request,
+    job_id: JobId,
+    name: FileName,
+    lifecycle: LifecycleDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, lifecycle, store, job_id, name)
+    return await _file(request, settings, lifecycle, store, job_id, name, redirect)
 
 
 @router.post(

@@ -46,9 +46,16 @@ export function local(url, fallback) {
   }
 }
 
-/** The file at `path` as a Blob; throws an Error with `.status` on an error answer. */
+/** `path` with `redirect=false`: a result streams through this service even when it would redirect to an object
+ * store on another host (which this page's Content-Security-Policy, and the API key, must not reach). */
+export function streamed(path) {
+  return path + (path.includes("?") ? "&" : "?") + "redirect=false";
+}
+
+/** The file at `path` as a Blob (streamed through this service); throws an Error with `.status` on an error
+ * answer. */
 export async function fetchBlob(path) {
-  const response = await api(path);
+  const response = await api(streamed(path));
   if (!response.ok) {
     const error = new Error(`${path}: ${response.status}`);
     error.status = response.status;

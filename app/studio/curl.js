@@ -19,7 +19,8 @@ export function shellWord(text) {
 
 /** The command for operation `op` with these [name, text] parameters and upload names. Text fields go as
  * --form-string (curl -F would read a value starting with @ or < as a file); each upload as
- * `-F name=@name.png`, a file to save next to where the command runs. */
+ * `-F name=@name.png`, a file to save next to where the command runs. `Prefer: wait=60` makes it one request
+ * for a whole job: it prints the finished job (with its result URLs), or the queued one after 60 s. */
 export function curlCommand(op, params, uploads = []) {
   const url = new URL(absolute(op.path));
   const words = ["curl", "-sS", "-X", "POST"];
@@ -31,6 +32,7 @@ export function curlCommand(op, params, uploads = []) {
     for (const [name, text] of params) words.push("--form-string", shellWord(`${name}=${text}`));
     for (const name of uploads) words.push("-F", shellWord(`${name}=@${name}.png`));
   }
+  words.push("-H", shellWord("Prefer: wait=60"));
   if (state.apiKey) words.push("-H", shellWord(`X-API-Key: ${state.apiKey}`));
   return words.join(" ");
 }

@@ -6,7 +6,7 @@
  * until the service answers again. Browsers open at most six connections to one host, so at most
  * MAX_STREAMS cards hold a stream at once; the others poll GET /jobs/{id} until a stream is free. */
 
-import { api, fetchBlob, local, problemOf, state } from "./api.js";
+import { api, fetchBlob, local, problemOf, state, streamed } from "./api.js";
 import { clock, el, nextId, sleep } from "./dom.js";
 import { curlCommand, paramsOf, showCommand } from "./curl.js";
 import { operationLabel } from "./schema.js";
@@ -517,7 +517,7 @@ export class JobCard {
     const path = this.job?.results?.["manifest.json"];
     if (!path) return null;
     if (!this.manifestData) {
-      const response = await api(local(path, `/jobs/${this.id}/files/manifest.json`));
+      const response = await api(streamed(local(path, `/jobs/${this.id}/files/manifest.json`)));
       if (!response.ok) return null;
       this.manifestData = await response.json();
     }

@@ -226,7 +226,7 @@ def test_copy_as_curl_run_in_bash_submits_the_same_job(page: Page, service: Stac
     panel.get_by_label("Seed", exact=True).fill("77")
     panel.get_by_role("button", name="Copy as curl").click()
     command = panel.locator("textarea.curl-command").input_value()
-    assert command.startswith(f"curl -sS -X POST '{page.base}/mnist/sample?")
+    assert command.startswith(f"curl -sS -X POST '{page.base}/mnist/sample?") and "-H 'Prefer: wait=60'" in command
     by_curl = service.wait_terminal(_bash(command, tmp_path)["id"])
     card = page.run(panel)
     card.locator(".job-status[data-status=succeeded]").wait_for()
