@@ -1,4 +1,8 @@
-"""Typed dependencies shared by the routers."""
+"""Typed dependencies shared by the routers.
+
+Every dependency here is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+per dependency per request, which costs more than these functions do (they do no I/O).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,12 @@ from redis import Redis
 from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
 from app.problems import Problem
-from core.lifecycle import Lifecycle
+from core.lifecycle import AsyncRecords, Lifecycle
 from core.settings import Settings
 from core.store import ResultStore
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with (``create_app``)."""
     settings: Settings = request.app.state.settings
     return settings
@@ -25,7 +29,7 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     """The connection opened by the app's lifespan."""
     redis: Redis = request.app.state.redis
     return redis
@@ -34,7 +38,7 @@ def get_redis(request: Request) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+async def get_lifecycle(request: Request) -> Lifecycle:
     """The job records and the queue (``core.lifecycle``), made once by the app's lifespan."""
     lifecycle: Lifecycle = request.app.state.lifecycle
     return lifecycle
@@ -43,7 +47,7 @@ def get_lifecycle(request: Request) -> Lifecycle:
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-def get_depth(request: Request) -> QueueDepth:
+async def get_depth(request: Request) -> QueueDepth:
     depth: QueueDepth = request.app.state.depth
     return depth
 
@@ -51,7 +55,16 @@ def get_depth(request: Request) -> QueueDepth:
 DepthDep = Annotated[QueueDepth, Depends(get_depth)]
 
 
-def get_store(request: Request) -> ResultStore:
+async def get_records(request: Request) -> AsyncRecords:
+    """The asyncio reads of job records (polls, downloads), on the event hub's connection pool."""
+    records: AsyncRecords = request.app.state.records
+    return records
+
+
+RecordsDep = Annotated[AsyncRecords, Depends(get_records)]
+
+
+async def get_store(request: Request) -> ResultStore:
     """The result store (``core.store``: the results folder, or S3 with RESULTS_URL), opened by the lifespan."""
     store: ResultStore = request.app.state.store
     return store
@@ -60,7 +73,7 @@ def get_store(request: Request) -> ResultStore:
 StoreDep = Annotated[ResultStore, Depends(get_store)]
 
 
-def get_decoder(request: Request) -> DecoderPool:
+async def get_decoder(request: Request) -> DecoderPool:
     """The upload decoder processes started by the app's lifespan."""
     decoder: DecoderPool = request.app.state.decoder
     return decoder
@@ -74,7 +87,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:

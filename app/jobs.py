@@ -16,7 +16,7 @@ from typing import Any
 
 from app.problems import Problem
 from app.schemas import OperationState
-from core.lifecycle import Lifecycle
+from core.lifecycle import AsyncRecords, Lifecycle
 from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
 from core.protocol import JobState, capabilities_key, idempotency_key
 from core.record import JobRecord, utc_now
@@ -224,7 +224,24 @@ def fetch(lifecycle: Lifecycle, job_id: str, *, expired_detail: str | None = Non
     """The job's record and queue position, or a 404 (never existed / not an id) or 410 (expired) problem."""
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    record, position, tombstone = lifecycle.view(job_id)
+    return _found(job_id, *lifecycle.view(job_id), expired_detail=expired_detail)
+
+
+async def fetch_async(records: AsyncRecords, job_id: str) -> tuple[JobRecord, int | None]:
+    """``fetch`` on the event loop (a poll: one round trip, no thread hop)."""
+    if not is_job_id(job_id):
+        raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
+    return _found(job_id, *await records.view(job_id))
+
+
+def _found(
+    job_id: str,
+    record: JobRecord | None,
+    position: int | None,
+    tombstone: str | None,
+    *,
+    expired_detail: str | None = None,
+) -> tuple[JobRecord, int | None]:
     if record is None:
         if tombstone == "deleted":
             raise Problem(410, "job-deleted", f"job {job_id} was deleted, with its results and uploads")

@@ -24,7 +24,7 @@ from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
 from app.uploads import human_bytes
-from core.lifecycle import Lifecycle, service_queue
+from core.lifecycle import AsyncRecords, Lifecycle, service_queue
 from core.settings import Settings, get_settings
 from core.store import open_store
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.depth = QueueDepth()
         app.state.store = open_store(settings)
         app.state.events = EventHub(settings, app.state.lifecycle)
+        app.state.records = AsyncRecords(app.state.events.aredis, app.state.queue)
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
         try:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
@@ -33,6 +34,7 @@ from core.record import (
     RECORD_PREFIX,
     RQ_STATUS,
     START_FIELDS,
+    VIEW,
     VIEW_FIELDS,
     JobRecord,
     Scripts,
@@ -147,10 +149,7 @@ class Lifecycle:
         values, position, tombstone = run(
             self.scripts.view, [record_key(job_id), self.queue.key, tombstone_key(job_id)], [job_id, *VIEW_FIELDS]
         )
-        mapping = {name: value for name, value in zip(VIEW_FIELDS, values, strict=True) if value is not None}
-        record = JobRecord.from_hash(job_id, mapping) if mapping else None
-        known = None if record is not None or tombstone in (None, False) else _str(tombstone)
-        return record, (int(position) if position is not None and position is not False else None), known
+        return _viewed(job_id, values, position, tombstone)
 
     def read(self, job_id: str) -> JobRecord | None:
         """The record alone (one HMGET)."""
@@ -345,6 +344,38 @@ class Lifecycle:
             return []
         self.redis.hdel(capabilities_key(), worker)
         return [_str(i) for i in ids]
+
+
+class AsyncRecords:
+    """The reads of the API's hot paths (a poll, a download) on an asyncio Redis client: one round trip each, on
+    the event loop, without a thread hop."""
+
+    def __init__(self, aredis: AsyncRedis, queue: Queue) -> None:
+        self.aredis = aredis
+        self.queue_key = queue.key
+        self._view = aredis.register_script(VIEW)
+
+    async def view(self, job_id: str) -> tuple[JobRecord | None, int | None, str | None]:
+        """As ``Lifecycle.view``."""
+        values, position, tombstone = await self._view(
+            keys=[record_key(job_id), self.queue_key, tombstone_key(job_id)], args=[job_id, *VIEW_FIELDS]
+        )
+        return _viewed(job_id, values, position, tombstone)
+
+    async def read(self, job_id: str) -> JobRecord | None:
+        """As ``Lifecycle.read``."""
+        values = await self.aredis.hmget(record_key(job_id), list(VIEW_FIELDS))
+        mapping = {name: value for name, value in zip(VIEW_FIELDS, values, strict=True) if value is not None}
+        return JobRecord.from_hash(job_id, mapping) if mapping else None
+
+
+def _viewed(
+    job_id: str, values: list[Any], position: Any, tombstone: Any
+) -> tuple[JobRecord | None, int | None, str | None]:
+    mapping = {name: value for name, value in zip(VIEW_FIELDS, values, strict=True) if value is not None}
+    record = JobRecord.from_hash(job_id, mapping) if mapping else None
+    known = None if record is not None or tombstone in (None, False) else _str(tombstone)
+    return record, (int(position) if position is not None and position is not False else None), known
 
 
 def _rq_time() -> str:

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from app import jobs
-from app.deps import LifecycleDep, SettingsDep, StoreDep, require_api_key
+from app.deps import LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
 from app.downloads import store_response
 from app.events import EventHub
 from app.problems import Problem
@@ -115,12 +115,12 @@ async def get_preview(
     request: Request,
     job_id: JobId,
     name: PreviewName,
-    lifecycle: LifecycleDep,
+    records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
     redirect: Redirect = None,
 ) -> Response:
-    await run_in_threadpool(jobs.fetch, lifecycle, job_id)
+    await jobs.fetch_async(records, job_id)
     if not events.PREVIEW_NAME_RE.fullmatch(name):
         raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}")
     try:

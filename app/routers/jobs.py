@@ -6,14 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from app import jobs
-from app.deps import LifecycleDep, SettingsDep, StoreDep, require_api_key
+from app.deps import LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
 from app.downloads import store_response
 from app.problems import Problem
 from app.schemas import JobBody
-from core.lifecycle import Lifecycle
+from core.lifecycle import AsyncRecords
 from core.settings import Settings
 from core.store import FILE_NAME_RE, ResultStore, StoreNotFound, is_job_id
 
@@ -25,7 +24,8 @@ Redirect = Annotated[
     bool | None,
     Query(
         description="`false`: stream the file through the API even with RESULTS_REDIRECT=true (for a page whose "
-        "security policy allows only its own origin, such as the studio)"
+        "security policy allows only its own origin, such as the studio)",
+        examples=[False],
     ),
 ]
 
@@ -41,8 +41,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{job_id}", response_model=JobBody, summary="Poll a job", responses=_ERRORS)
-def get_job(job_id: JobId, lifecycle: LifecycleDep) -> JSONResponse:
-    record, position = jobs.fetch(lifecycle, job_id)
+async def get_job(job_id: JobId, records: RecordsDep) -> JSONResponse:
+    record, position = await jobs.fetch_async(records, job_id)
     return JSONResponse(record.body(position))
 
 
@@ -53,7 +53,7 @@ def _media_type(name: str) -> str:
 async def _file(
     request: Request,
     settings: Settings,
-    lifecycle: Lifecycle,
+    records: AsyncRecords,
     store: ResultStore,
     job_id: str,
     name: str | None,
@@ -61,9 +61,8 @@ async def _file(
 ) -> Response:
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    record = await run_in_threadpool(lifecycle.read, job_id)  # one HMGET; the 404 or 410 only when it is gone
-    if record is None:
-        record, _ = await run_in_threadpool(jobs.fetch, lifecycle, job_id)
+    found = await records.read(job_id)  # one HMGET; the 404 or 410 only when it is gone
+    record = found if found is not None else (await jobs.fetch_async(records, job_id))[0]
     if record.state.value != "succeeded":
         raise Problem(
             409, "job-not-succeeded", f"job {job_id} is {record.state.value}; results exist only once it succeeded"
@@ -103,12 +102,12 @@ _FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def get_result(
     request: Request,
     job_id: JobId,
-    lifecycle: LifecycleDep,
+    records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
     redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, lifecycle, store, job_id, None, redirect)
+    return await _file(request, settings, records, store, job_id, None, redirect)
 
 
 @router.get(
@@ -119,12 +118,12 @@ async def get_file(
     request: Request,
     job_id: JobId,
     name: FileName,
-    lifecycle: LifecycleDep,
+    records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
     redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, lifecycle, store, job_id, name, redirect)
+    return await _file(request, settings, records, store, job_id, name, redirect)
 
 
 @router.post(

@@ -24,12 +24,15 @@ from app import jobs
 from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, StoreDep, require_api_key
 from app.events import EventHub
 from app.imagecheck import DecoderPool
+from app.jobs import QueueDepth
 from app.parameters import ParamError, UnknownParameters
 from app.problems import invalid_params
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
+from core.lifecycle import Lifecycle
 from core.operations import OPERATIONS, Operation, OperationParams
 from core.settings import Settings
+from core.store import ResultStore
 
 PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -74,17 +77,17 @@ def wait_preference(prefer: str | None, cap: float) -> int | None:
 
 
 class Submitter:
-    """What a route needs to enqueue a job (a dependency, so each route names it once)."""
+    """What a route needs to enqueue a job (made by the ``submitter`` dependency, so each route names it once)."""
 
     def __init__(
         self,
         request: Request,
-        lifecycle: LifecycleDep,
-        store: StoreDep,
-        settings: SettingsDep,
-        depth: DepthDep,
-        idempotency_key: IdempotencyKey = None,
-        prefer: PreferHeader = None,
+        lifecycle: Lifecycle,
+        store: ResultStore,
+        settings: Settings,
+        depth: QueueDepth,
+        idempotency_key: str | None,
+        prefer: str | None,
     ) -> None:
         self.hub: EventHub = request.app.state.events
         self.lifecycle, self.store, self.settings, self.depth = lifecycle, store, settings, depth
@@ -126,6 +129,22 @@ class Submitter:
             return accepted(final, replayed, waited=self.wait)
         record, position = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
         return accepted(record.body(position), replayed, waited=self.wait if record.state.terminal else None)
+
+
+async def submitter(
+    request: Request,
+    lifecycle: LifecycleDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    depth: DepthDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: PreferHeader = None,
+) -> Submitter:
+    """The ``Submitter`` of a request (an ``async`` dependency: no thread hop to build it)."""
+    return Submitter(request, lifecycle, store, settings, depth, idempotency_key, prefer)
+
+
+SubmitterDep = Annotated[Submitter, Depends(submitter)]
 
 
 def accepted(body: dict[str, Any], replayed: bool, *, waited: int | None = None) -> JSONResponse:
@@ -170,7 +189,7 @@ def _handler(op: Operation, settings: Settings) -> Callable[..., Any]:
     parameters = [
         Parameter("params", Parameter.KEYWORD_ONLY, annotation=Annotated[op.params.bounded(settings), source]),
         Parameter("unknown", Parameter.KEYWORD_ONLY, annotation=UnknownParameters),
-        Parameter("submit", Parameter.KEYWORD_ONLY, annotation=Annotated[Submitter, Depends()]),
+        Parameter("submit", Parameter.KEYWORD_ONLY, annotation=SubmitterDep),
         Parameter("decoder", Parameter.KEYWORD_ONLY, annotation=DecoderDep),
         *(
             Parameter(u.name, Parameter.KEYWORD_ONLY, annotation=Annotated[UploadFile, File(description=u.description)])
