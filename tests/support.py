@@ -143,7 +143,8 @@ class Stack:
     def _log(self, name: str):
         return open(self.tmp / f"{name}.log", "ab")
 
-    def start_api(self) -> Stack:
+    def start_api(self, log_level: str = "warning") -> Stack:
+        """uvicorn on the stack's port; ``log_level`` is uvicorn's (``info`` adds its access lines)."""
         self.api = subprocess.Popen(
             [
                 sys.executable,
@@ -155,7 +156,7 @@ class Stack:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                log_level,
             ],
             cwd=ROOT,
             env=self.env,
