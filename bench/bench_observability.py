@@ -79,6 +79,15 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
         wall = time.perf_counter() - t0
         api1, worker1 = cpu_s(api_pid), cpu_s(worker_pid)
         after = commands(r)
+        scrape_ms = scrape_calls = None
+        if has_metrics:  # what one scrape costs the API (and Redis), apart from the jobs
+            scrape0, calls0 = cpu_s(api_pid), commands(r)
+            for _ in range(50):
+                http.get("/metrics")
+                time.sleep(1.05)  # past the gauges' one-second cache: each scrape runs the script
+            scrape_ms = 1000 * (cpu_s(api_pid) - scrape0) / 50
+            calls1 = commands(r)
+            scrape_calls = (sum(calls1.values()) - sum(calls0.values()) - calls1.get("cmdstat_info", 0)) / 50
         r.close()
     calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     calls = {k.removeprefix("cmdstat_"): v for k, v in calls.items() if v and k != "cmdstat_info"}
@@ -94,6 +103,10 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
         ("API CPU per job (ms)", f"{1000 * (api1 - api0) / n:.2f}"),
         ("worker CPU per job (ms)", f"{1000 * (worker1 - worker0) / n:.2f}"),
         ("latency p50 (ms)", f"{1000 * statistics.median(latencies):.1f}"),
+        (
+            "one /metrics scrape: API CPU (ms), Redis commands",
+            f"{scrape_ms:.2f}, {scrape_calls:.1f}" if scrape_ms else "-",
+        ),
         ("wall (s)", f"{wall:.1f}"),
     ]
 
@@ -173,6 +186,38 @@ def middleware(args: argparse.Namespace) -> list[tuple[str, str]]:
         extra = "" if name == "bare" else f" (+{1e6 * (cost - base):.0f} µs)"
         rows.append((f"{name}: CPU per request (µs)", f"{1e6 * cost:.0f}{extra}"))
     rows.append(("requests x rounds", f"{args.requests} x {args.rounds}, median of the rounds"))
+    rows += per_job_parts(args.requests)
+    return rows
+
+
+def per_job_parts(count: int) -> list[tuple[str, str]]:
+    """CPU of the other per-job parts: a job's accept and done in the job meter, and one log line per format."""
+    import io
+    import logging
+
+    from app.metrics import ApiMetrics, JobMeter
+    from core import logs
+
+    meter = JobMeter(ApiMetrics())
+    body = {
+        "status": "succeeded",
+        "created_at": "2026-12-04T10:00:00.000Z",
+        "started_at": "2026-12-04T10:00:00.020Z",
+        "finished_at": "2026-12-04T10:00:00.080Z",
+    }
+    started = time.process_time()
+    for i in range(count):
+        meter.accepted(str(i), "mnist_sample")
+        meter.done(str(i), body)
+    rows = [("job meter: accept + done of one job (µs)", f"{1e6 * (time.process_time() - started) / count:.1f}")]
+    record = logging.LogRecord("workers.loop", logging.INFO, __file__, 1, "job %s succeeded", ("0" * 32,), None)
+    record.job_id, record.request_id = "0" * 32, "req-1"
+    for fmt in ("text", "json"):
+        formatter, sink = logs.formatter(fmt), io.StringIO()
+        started = time.process_time()
+        for _ in range(count):
+            sink.write(formatter.format(record) + "\n")
+        rows.append((f"one log line, LOG_FORMAT={fmt} (µs)", f"{1e6 * (time.process_time() - started) / count:.1f}"))
     return rows
 
 

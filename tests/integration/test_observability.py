@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,41 @@ def test_every_metric_of_the_dashboard_is_exported(observed: Observed) -> None:
     }
     assert len(used) >= 15
     assert used <= exported, f"the dashboard uses metrics no endpoint exports: {sorted(used - exported)}"
+
+
+def test_several_uvicorn_processes_add_up(make_stack) -> None:
+    """Two uvicorn processes behind one supervisor (uvicorn --workers 2): each counts the jobs it accepted, and a
+    scrape of either reports the sum (prometheus_client's multiprocess mode in a directory of the supervisor)."""
+    stack = make_stack()
+    stack.api.terminate()
+    stack.api.wait(10)
+    stack.start_api(processes=2)
+    stack.start_worker()
+    before = [scrape(f"{stack.client.base_url}/metrics") for _ in range(4)]
+    jobs = 8
+    for i in range(jobs):
+        # a fresh connection each time, so that the supervisor's processes share the submissions
+        r = httpx.post(
+            f"{stack.client.base_url}/mnist/sample", params=PARAMS | {"seed": i}, headers={"Prefer": "wait=20"}
+        )
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+
+    def counted() -> list[Samples] | None:
+        scrapes = [scrape(f"{stack.client.base_url}/metrics", Connection="close") for _ in range(6)]
+        done = [value(s, "diffusion_jobs_total", operation="mnist_sample", status="succeeded") for s in scrapes]
+        return (
+            scrapes
+            if all(
+                d - value(before[0], "diffusion_jobs_total", operation="mnist_sample", status="succeeded") == jobs
+                for d in done
+            )
+            else None
+        )
+
+    scrapes = wait_until(counted, 20, interval=0.3, what="every process's scrape to count every job")
+    posts = [
+        value(s, "diffusion_http_requests_total", route="/mnist/sample", method="POST", status="200") for s in scrapes
+    ]
+    assert set(posts) == {float(jobs)}
+    folders = list(Path(tempfile.gettempdir()).glob(f"diffusion-api-metrics-{stack.api.pid}-*"))
+    assert len(folders) == 1 and any(folders[0].glob("counter_*.db"))

@@ -174,7 +174,10 @@ def test_compose_monitoring_profile_scrapes_api_and_workers_and_provisions_the_d
     providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml").read_text())
     assert Path(board).parent == Path(providers["providers"][0]["options"]["path"])
     sources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
-    assert sources["datasources"][0]["url"] == "http://prometheus:9090" and sources["datasources"][0]["type"] == "prometheus"
+    assert (
+        sources["datasources"][0]["url"] == "http://prometheus:9090"
+        and sources["datasources"][0]["type"] == "prometheus"
+    )
     dashboard = json.loads((ROOT / "deploy/grafana/dashboard.json").read_text())
     assert dashboard["panels"] and all(p["targets"] for p in dashboard["panels"])
     for name in ("api", "worker"):
