@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,18 @@ class EventHub:
     """The API process's one subscription to the event channel, its listeners and its waiters (see the module
     docstring). Created by the app's lifespan; it connects when first needed and reconnects on its own."""
 
-    def __init__(self, settings: Settings, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        *,
+        on_done: Callable[[str, dict[str, Any]], None] | None = None,
+        on_listeners: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
+        self.on_done = on_done  # every done event (the job metrics count the jobs this process accepted)
+        self.on_listeners = on_listeners  # +1 / -1 as a listener comes and goes
         # A blocking pool: when a terminal event wakes hundreds of listeners at once, their reads wait for one of
         # AREDIS_CONNECTIONS connections instead of failing with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -116,12 +125,17 @@ class EventHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def ready(self, timeout: float = 5.0) -> bool:
-        """Start the hub (once) and wait until it is subscribed; False if Redis does not answer in time."""
+    def start(self) -> None:
+        """Subscribe (in the background; once). The app's lifespan starts the hub, so that every done event reaches
+        the job metrics from the first job on."""
         if not self._running:
             self._running = True
             self._spawn(self._read())
             self._spawn(self._tick())
+
+    async def ready(self, timeout: float = 5.0) -> bool:
+        """Start the hub (once) and wait until it is subscribed; False if Redis does not answer in time."""
+        self.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
         return self._ready.is_set()
@@ -142,13 +156,17 @@ class EventHub:
     def add(self, job_id: str) -> Listener:
         listener = Listener(job_id)
         self.listeners[job_id].add(listener)
+        if self.on_listeners is not None:
+            self.on_listeners(1)
         return listener
 
     def remove(self, listener: Listener) -> None:
         group = self.listeners.get(listener.job_id)
-        if group is None:
+        if group is None or listener not in group:
             return
         group.discard(listener)
+        if self.on_listeners is not None:
+            self.on_listeners(-1)
         if not group:
             del self.listeners[listener.job_id]
             self._positions.pop(listener.job_id, None)
@@ -228,6 +246,8 @@ class EventHub:
     def _dispatch(self, event: Event) -> None:
         if event.terminal:
             self._resolve(event.job_id, event.data)
+            if self.on_done is not None:
+                self.on_done(event.job_id, event.data)
         for listener in self.listeners.get(event.job_id) or ():
             listener.put(event)
         if event.event in ("status", "done") and any(p is not None for p in self._positions.values()):

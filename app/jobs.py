@@ -143,6 +143,8 @@ def submit(
     idem_key: str | None = None,
     depth: QueueDepth | None = None,
     job_id: str | None = None,
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Enqueue one job of operation `op`; returns (its body as ``GET /jobs/{id}`` shows it, replayed).
 
@@ -208,6 +210,8 @@ def submit(
             retries=settings.job_retries,
             timeout_s=settings.job_timeout_s,
             submitted=submitted,
+            request_id=request_id,
+            traceparent=traceparent,
         )
         depth.seen(position + 1)
     except BaseException:
@@ -215,7 +219,14 @@ def submit(
             redis.delete(idempotency_key(idem_key))
         raise
     record = JobRecord(
-        id=job_id, state=JobState.queued, kind=op.name, func=op.job, params=job_params, submitted=submitted
+        id=job_id,
+        state=JobState.queued,
+        kind=op.name,
+        func=op.job,
+        params=job_params,
+        submitted=submitted,
+        request_id=request_id,
+        traceparent=traceparent,
     )
     return record.body(position), False
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -20,11 +20,16 @@ from app.docs import install_docs
 from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
+from app.metrics import CONTENT_TYPE, ApiMetrics, JobMeter, RedisGauges, process_exit, render
+from app.observability import Observability
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
 from app.uploads import human_bytes
+from core import logs, tracing
+from core.gauges import GaugeReader
 from core.lifecycle import AsyncRecords, Lifecycle, service_queue
+from core.operations import OPERATIONS
 from core.settings import Settings, get_settings
 from core.store import open_store
 
@@ -42,6 +47,8 @@ Errors are RFC 9457 `application/problem+json`. A browser studio for every opera
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = ApiMetrics()
+    meter = JobMeter(metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,8 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.depth = QueueDepth()
         app.state.store = open_store(settings)
-        app.state.events = EventHub(settings, app.state.lifecycle)
+        app.state.events = EventHub(
+            settings, app.state.lifecycle, on_done=meter.done, on_listeners=metrics.listeners.inc
+        )
+        app.state.events.start()  # subscribed from the start: every done event reaches the job metrics
         app.state.records = AsyncRecords(app.state.events.aredis, app.state.queue)
+        app.state.gauges = RedisGauges(GaugeReader(app.state.lifecycle, default_step_s=settings.pending_step_s_default))
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
         try:
@@ -65,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.events.close()
             await run_in_threadpool(app.state.decoder.close)
             app.state.redis.close()
+            process_exit()
 
     app = FastAPI(
         title="Diffusion inference service",
@@ -75,8 +87,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics, app.state.meter, app.state.gauges = metrics, meter, None
     install_problem_handlers(app)
     _limit_body_size(app, settings)
+    # outermost (added last): request ids and HTTP metrics for every answer, a 413 of BodySizeLimit included
+    app.add_middleware(Observability, metrics=metrics, submit_paths={op.path for op in OPERATIONS.values()})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format; like /healthz, no API key (keep it off the public network)."""
+        return Response(render(metrics, app.state.gauges), media_type=CONTENT_TYPE)
+
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
@@ -121,4 +142,12 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
+def _configure_process(settings: Settings) -> None:
+    """Logging (``LOG_FORMAT``; uvicorn's loggers included) and tracing of the API process: once, at import by
+    uvicorn, before any request."""
+    logs.configure(settings.log_level, settings.log_format)
+    tracing.setup(settings.otel_exporter_otlp_endpoint, "diffusion-api")
+
+
+_configure_process(get_settings())
 app = create_app()

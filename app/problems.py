@@ -93,6 +93,8 @@ def invalid_params(errors: list[dict[str, str]], *, status: int = 422) -> Proble
 
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
     instance = request.url.path if request is not None else None
+    if request is not None:  # the metrics middleware tells a full queue from other 503s by it
+        request.scope.setdefault("state", {})["problem"] = problem.slug
     return JSONResponse(
         problem.body(instance), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON
     )

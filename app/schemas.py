@@ -33,6 +33,9 @@ class JobBody(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     attempts: int = 1
+    request_id: str | None = Field(
+        None, description="the submission's X-Request-ID (the client's, or one the service made); in its log lines"
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -55,6 +58,7 @@ class JobBody(BaseModel):
                     "error": None,
                     "cancel_requested": False,
                     "attempts": 1,
+                    "request_id": "7d4c6a9b1e2f3a4b5c6d7e3f0c2a9b8e",
                 }
             ]
         }

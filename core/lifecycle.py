@@ -114,6 +114,8 @@ class Lifecycle:
         timeout_s: int,
         submitted: str | None = None,
         pipeline: Pipeline | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> int:
         """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI; returns its queue
         position (0 = next). With ``pipeline``, the commands are added to it and -1 is returned (the caller
@@ -127,7 +129,15 @@ class Lifecycle:
             failure_ttl=self.result_ttl_s,
         )
         assert isinstance(job, ServiceJob), "the queue must be made by service_queue()"
-        job.svc_fields = new_fields(kind=kind, func=func, params=params, retries=retries, submitted=submitted)
+        job.svc_fields = new_fields(
+            kind=kind,
+            func=func,
+            params=params,
+            retries=retries,
+            submitted=submitted,
+            request_id=request_id,
+            traceparent=traceparent,
+        )
         pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=True)
         first = len(pipe.command_stack)
         self.queue.enqueue_job(job, pipeline=pipe)

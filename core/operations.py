@@ -467,3 +467,74 @@ def operation_for_job(func_name: str) -> Operation | None:
     module, _, name = func_name.rpartition(".")
     op = OPERATIONS.get(name)
     return op if op is not None and module == Operation.JOB_MODULE else None
+
+
+# ---- how much work a job is (the pending-work gauge) -----------------------------------------------------
+
+#: stage-II steps of ``upscale=true`` (``models.diffusion.ops.upscale``'s default; a test checks both agree)
+UPSCALE_STEPS = 50
+#: network evaluations per solver step of each MNIST sampler (``models.flow.sampling.EVALS_PER_STEP``; a test
+#: checks both agree)
+SAMPLER_EVALS = {"euler": 1, "heun": 2, "midpoint": 2}
+STRIDE = 30  # stage-I timesteps 990, 960, ..., 0 (STRIDED_STEPS of them)
+
+
+def _stage1_steps(kind: str, params: Mapping[str, Any]) -> int:
+    """Progress steps of a DeepFloyd job's stage I (what its ``progress.total`` counts in stage I)."""
+    if kind == "if_sdedit":
+        return STRIDED_STEPS - int(params.get("i_start", 10))
+    if kind == "if_denoise":
+        if params.get("method", "one_step") != "iterative":
+            return 1  # one noise estimate, or the blur (no network)
+        t = int(params.get("t", 500))
+        return 1 + sum(1 for s in range(STRIDE * (STRIDED_STEPS - 1), -1, -STRIDE) if s < t)
+    return STRIDED_STEPS
+
+
+def estimated_steps(kind: str, params: Mapping[str, Any]) -> int:
+    """Progress steps of a whole job from its recorded (validated) parameters: MNIST ``steps``; DeepFloyd the
+    strided stage-I steps (from ``i_start`` or ``t``), plus ``UPSCALE_STEPS`` with ``upscale``. 0 for a kind this
+    service does not know."""
+    if kind == "mnist_sample":
+        steps = params.get("steps")
+        if steps is None:
+            steps = mnist_default_steps(
+                params.get("digit"),
+                str(params.get("sampler", MNIST_DEFAULT_SAMPLER)),
+                float(params.get("guidance", MNIST_DEFAULT_GUIDANCE)),
+            )
+        return int(steps)
+    if kind not in OPERATIONS:
+        return 0
+    return _stage1_steps(kind, params) + (UPSCALE_STEPS if params.get("upscale") else 0)
+
+
+def remaining_steps(kind: str, params: Mapping[str, Any], progress: Mapping[str, Any] | None) -> int:
+    """Steps a job still has to run: all of them while queued (``progress`` None), else the rest of its current
+    stage (``progress`` ``{"step", "total", "stage"?}``) plus the stage-II steps still ahead of a stage-I one."""
+    total = estimated_steps(kind, params)
+    if not progress:
+        return total
+    try:
+        step, stage_total = int(progress.get("step", 0)), int(progress.get("total", 0))
+    except (TypeError, ValueError):
+        return total
+    left = max(stage_total - step, 0)
+    if progress.get("stage") == "I" and params.get("upscale"):
+        left += UPSCALE_STEPS
+    return min(left, total)
+
+
+def step_weight(kind: str, params: Mapping[str, Any]) -> float:
+    """The relative cost of one of a job's steps within its operation: for MNIST the images times the network
+    evaluations per solver step (a step of 100 digits with midpoint costs about 200 times one digit with Euler,
+    the forward being row-bound); 1 for DeepFloyd (one image, its guidance branches fixed per operation)."""
+    if kind == "mnist_sample":
+        return float(params.get("n", 10)) * SAMPLER_EVALS.get(str(params.get("sampler", MNIST_DEFAULT_SAMPLER)), 1)
+    return 1.0
+
+
+def cost_key(kind: str, params: Mapping[str, Any]) -> str:
+    """The key under which workers measure seconds per weighted step: the operation, ``+upscale`` when the job
+    adds the stage-II steps (those cost several times a stage-I step, so such jobs are timed apart)."""
+    return f"{kind}+upscale" if params.get("upscale") else kind

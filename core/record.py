@@ -23,6 +23,8 @@ Service fields (strings; JSON where marked):
 | ``error_code``, ``error`` | of a failed job (``core.protocol.JobError``) |
 | ``cancel`` | ``1`` once a client asked to cancel |
 | ``timings`` | JSON: ``queued_s``, ``run_s``, ``model_s`` |
+| ``request_id`` | the ``X-Request-ID`` of the submission (the worker's log lines about the job carry it) |
+| ``traceparent`` | W3C trace context of the submission's span, when tracing is on (``core.tracing``) |
 
 Transitions:
 
@@ -82,6 +84,8 @@ FIELDS = (
     "error",
     "cancel",
     "timings",
+    "request_id",
+    "traceparent",
 )
 
 
@@ -147,6 +151,8 @@ class JobRecord:
     cancel: bool = False
     timings: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None  # RQ's ``timeout`` field: the job's time limit
+    request_id: str | None = None
+    traceparent: str | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord | None:
@@ -177,6 +183,8 @@ class JobRecord:
             cancel=values.get("cancel") == "1",
             timings=_json(values.get("timings"), {}),
             timeout_s=float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None,
+            request_id=values.get("request_id") or None,
+            traceparent=values.get("traceparent") or None,
         )
 
     def body(self, position: int | None = None) -> dict[str, Any]:
@@ -200,6 +208,7 @@ class JobRecord:
             "error_code": self.error_code if state is JobState.failed else None,
             "cancel_requested": self.cancel,
             "attempts": max(self.attempt, 1),
+            "request_id": self.request_id,
         }
 
 
@@ -207,10 +216,17 @@ class JobRecord:
 
 
 def new_fields(
-    *, kind: str, func: str, params: Mapping[str, Any], retries: int, submitted: str | None = None
+    *,
+    kind: str,
+    func: str,
+    params: Mapping[str, Any],
+    retries: int,
+    submitted: str | None = None,
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> dict[str, str]:
     """The service's fields of a new record (state queued), written with RQ's own at enqueue."""
-    return {
+    fields = {
         "state": JobState.queued.value,
         "kind": kind,
         "func": func,
@@ -219,6 +235,11 @@ def new_fields(
         "attempt": "0",
         "retries": str(retries),
     }
+    if request_id:
+        fields["request_id"] = request_id
+    if traceparent:
+        fields["traceparent"] = traceparent
+    return fields
 
 
 # ---- scripts ----------------------------------------------------------------------------------------------------
@@ -231,7 +252,19 @@ _TERMINAL_LUA = "local function terminal(s) return s == 'succeeded' or s == 'fai
 #       stream prefix.
 # Returns one entry per job taken: {id, 1, HMGET of START_FIELDS after the start} for a started job, or
 # {id, 0, state} for one that is not startable (canceled while being claimed, deleted, not the service's).
-START_FIELDS = ("state", "attempt", "kind", "func", "params", "submitted", "retries", "cancel", "timeout")
+START_FIELDS = (
+    "state",
+    "attempt",
+    "kind",
+    "func",
+    "params",
+    "submitted",
+    "retries",
+    "cancel",
+    "timeout",
+    "request_id",
+    "traceparent",
+)
 START = (
     _TERMINAL_LUA
     + """
@@ -239,7 +272,7 @@ local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
   local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
-    'cancel', 'timeout')
+    'cancel', 'timeout', 'request_id', 'traceparent')
   if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
     out[#out + 1] = {id, 0, f[1] or ''}

@@ -164,7 +164,23 @@ class Settings(BaseSettings):
     )
     events_max_listeners: int = Field(1000, ge=1, description="open event streams per API process; beyond: 503")
 
+    # --- observability (README "Operating the service") ------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line, with job_id"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a worker serves Prometheus metrics on this port (empty: off)"
+    )
+    pending_step_s_default: float = Field(
+        0.05,
+        gt=0,
+        description="seconds per weighted step assumed for an operation no live worker has measured yet "
+        "(the pending-work gauge, so that a queue with no worker still shows work)",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry traces to this OTLP/HTTP collector (http://host:4318); empty: tracing off"
+    )
 
     @field_validator(
         "api_key",
@@ -177,6 +193,8 @@ class Settings(BaseSettings):
         "aws_access_key_id",
         "aws_secret_access_key",
         "aws_default_region",
+        "worker_metrics_port",
+        "otel_exporter_otlp_endpoint",
         mode="before",
     )
     @classmethod

@@ -168,10 +168,13 @@ class StepDriver:
     Attributes:
         max_rows: the most rows of one forward (None = no limit).
         on_finish: called with (request, error or None) when a request leaves the driver.
+        on_forward: called after each batched forward and the steps it fed with (network, [(request, its rows)],
+            start, end) (``time.perf_counter()`` seconds), for metrics; an error it raises is logged, not raised.
     """
 
     max_rows: int | None = None
     on_finish: Callable[[Request, BaseException | None], None] | None = None
+    on_forward: Callable[[Any, list[tuple[Request, int]], float, float], None] | None = None
     _entries: list[_Entry] = field(default_factory=list)
     _clock: itertools.count[int] = field(default_factory=itertools.count)
     forwards: int = 0  # forwards run so far (for tests and benchmarks)
@@ -237,6 +240,8 @@ class StepDriver:
         if not chosen:
             return
         network = chosen[0][0].request.network
+        hook = self.on_forward
+        began = time.perf_counter() if hook is not None else 0.0
         try:
             output = _forward(network, _cat([inputs for _, inputs, _ in chosen]), self.max_rows)
         except Exception as exc:  # noqa: BLE001 - isolate the request whose rows fail
@@ -258,6 +263,11 @@ class StepDriver:
         for entry, _, n in chosen:
             self._advance(entry, _slice(output, start, start + n))
             start += n
+        if hook is not None:
+            try:
+                hook(network, [(entry.request, n) for entry, _, n in chosen], began, time.perf_counter())
+            except Exception:
+                logger.warning("the on_forward hook failed", exc_info=True)
 
     def _advance(self, entry: _Entry, output: Any) -> None:
         try:
@@ -271,11 +281,19 @@ class StepDriver:
         entry.error, entry.done = exc, True
 
 
-def drive(request: Request, *, max_rows: int | None = None, deadline: float | None = None) -> None:
+def drive(
+    request: Request,
+    *,
+    max_rows: int | None = None,
+    deadline: float | None = None,
+    on_forward: Callable[[Any, list[tuple[Request, int]], float, float], None] | None = None,
+) -> None:
     """Run one request alone to its end on a fresh driver (the single-request path); re-raise its error
-    (``DeadlineExceeded`` past ``deadline``)."""
+    (``DeadlineExceeded`` past ``deadline``). ``on_forward``: as ``StepDriver``'s."""
     errors: list[BaseException] = []
-    driver = StepDriver(max_rows=max_rows, on_finish=lambda _, error: errors.extend([error] if error else []))
+    driver = StepDriver(
+        max_rows=max_rows, on_finish=lambda _, error: errors.extend([error] if error else []), on_forward=on_forward
+    )
     driver.submit(request, deadline=deadline)
     driver.run()
     if errors:

@@ -143,7 +143,9 @@ class Stack:
     def _log(self, name: str):
         return open(self.tmp / f"{name}.log", "ab")
 
-    def start_api(self) -> Stack:
+    def start_api(self, log_level: str = "warning", processes: int = 1) -> Stack:
+        """uvicorn on the stack's port; ``log_level`` is uvicorn's (``info`` adds its access lines); ``processes``
+        > 1 runs a uvicorn supervisor with that many worker processes."""
         self.api = subprocess.Popen(
             [
                 sys.executable,
@@ -155,7 +157,8 @@ class Stack:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                log_level,
+                *(["--workers", str(processes)] if processes > 1 else []),
             ],
             cwd=ROOT,
             env=self.env,

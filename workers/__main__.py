@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from core import logs, tracing
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
 from core.store import ResultStore, StoreUnavailable, open_store
@@ -31,6 +32,7 @@ from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
 from workers.context import WorkerEnv
 from workers.loop import CLAIM_BLOCK_S, JobPool, WorkLoop
+from workers.telemetry import WorkerTelemetry, model_namer
 
 log = logging.getLogger("workers")
 
@@ -68,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    tracing.setup(settings.otel_exporter_otlp_endpoint, "diffusion-worker")
+    telemetry = WorkerTelemetry.create(settings.worker_metrics_port)
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
 
     batching = settings.batching == "on"
     max_inflight = settings.max_inflight_jobs if batching else 1
-    batcher = Batcher(max_rows=settings.max_batch_rows).start() if batching else None
+    batcher = Batcher(max_rows=settings.max_batch_rows, meter=telemetry.forwards).start() if batching else None
     pool = JobPool(max_inflight)
     # One thread does the process's heavy torch work (see Batcher.call): the batcher's with batching, else the
     # one job thread, which loads the models too.
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = batcher.call(load) if batcher is not None else pool.call(load)
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
+    telemetry.forwards.names = model_namer({name: m.model for name, m in registry.models.items()})
 
     redis = connect(settings)
     queue = service_queue(settings.queue_name, redis)
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         store_errors=(StoreUnavailable,),
         batcher=batcher,
         cancels=cancels,
+        telemetry=telemetry,
     )
     loop = WorkLoop(
         env,
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         describe=registry.describe,
         pool=pool,
     )
+    if telemetry.metrics is not None and settings.worker_metrics_port is not None:
+        telemetry.metrics.models(registry.describe())
+        telemetry.metrics.cuda(registry.device)
+        telemetry.metrics.inflight.set_function(lambda: float(loop.inflight))
+        telemetry.metrics.serve(settings.worker_metrics_port)
+        log.info("worker %s: Prometheus metrics on port %d", name, settings.worker_metrics_port)
     signals = {"count": 0}
 
     def stop(signum: int, frame: FrameType | None) -> None:

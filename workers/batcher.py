@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import torch
 
 from models.driver import Request, StepDriver
+from workers.telemetry import ForwardMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,10 +37,14 @@ class Batcher:
 
     Args:
         max_rows: the most rows of one forward (``MAX_BATCH_ROWS``).
+        meter: sees every forward (the cost of each job in it, metrics, trace spans); None: nothing measured.
     """
 
-    def __init__(self, *, max_rows: int | None) -> None:
-        self._driver = StepDriver(max_rows=max_rows, on_finish=self._finished)
+    def __init__(self, *, max_rows: int | None, meter: ForwardMeter | None = None) -> None:
+        self.meter = meter
+        self._driver = StepDriver(
+            max_rows=max_rows, on_finish=self._finished, on_forward=meter.on_forward if meter is not None else None
+        )
         self._lock = threading.Condition()
         self._incoming: list[tuple[Request, float | None]] = []
         self._calls: list[tuple[Callable[[], Any], _Ticket, list[Any]]] = []
@@ -70,6 +75,8 @@ class Batcher:
         Blocks the calling job thread. If the wait itself is interrupted, the request is discarded.
         """
         ticket = _Ticket()
+        if self.meter is not None:
+            self.meter.register(request)  # its job and span, read on this (the job's) thread
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the batcher has stopped")
@@ -83,6 +90,9 @@ class Batcher:
                 self._discarded.append(request)
                 self._lock.notify_all()
             raise
+        finally:
+            if self.meter is not None:
+                self.meter.unregister(request)
         if ticket.error is not None:
             raise ticket.error
 

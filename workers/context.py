@@ -52,6 +52,7 @@ from workers.cancellation import CancelWatch
 from workers.progress import ProgressSink
 from workers.registry import ModelNotLoaded, ModelRegistry
 from workers.results import Files, ResultWriter
+from workers.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class WorkerEnv:
     batcher: Batcher | None = None
     cancels: CancelWatch | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)  # set: hand the jobs back now
+    telemetry: WorkerTelemetry = field(default_factory=WorkerTelemetry)  # step times, metrics (workers.telemetry)
 
 
 class JobContext(Generic[P]):
@@ -130,7 +132,7 @@ class JobContext(Generic[P]):
         deadline enforced by the step driver."""
         if self.env.batcher is not None:
             return functools.partial(self.env.batcher.run, deadline=self.deadline)
-        return functools.partial(drive, deadline=self.deadline)
+        return functools.partial(drive, deadline=self.deadline, on_forward=self.env.telemetry.forwards.on_forward)
 
     @property
     def generator(self) -> torch.Generator:

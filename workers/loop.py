@@ -36,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
+from core import logs, tracing
 from core.lifecycle import Started
 from core.protocol import JobState, held_key
 from core.record import JobRecord, utc_now
@@ -186,11 +187,22 @@ class WorkLoop:
             return []
         for job_id, state in skipped:
             if state not in ("canceled", "succeeded", "failed"):
-                log.warning("job %s in the queue is not a job of this service (state %r); dropped", job_id, state)
+                log.warning(
+                    "job %s in the queue is not a job of this service (state %r); dropped",
+                    job_id,
+                    state,
+                    extra=logs.about(job_id),
+                )
         for job in started:
             with self._lock:
                 self._inflight[job.id] = time.monotonic()
-            log.info("job %s (%s) started, attempt %d", job.id, job.record.kind, job.record.attempt)
+            log.info(
+                "job %s (%s) started, attempt %d",
+                job.id,
+                job.record.kind,
+                job.record.attempt,
+                extra=logs.about(job.id, job.record.request_id),
+            )
             self.pool.submit(lambda job=job: self._run_job(job))  # type: ignore[misc]
         return started
 
@@ -204,6 +216,8 @@ class WorkLoop:
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc)
                 return
+            if self.env.telemetry.metrics is not None:
+                self.env.telemetry.metrics.heartbeat.set_to_current_time()
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.maintenance_s * random.uniform(0.8, 1.2)
             try:
@@ -213,7 +227,13 @@ class WorkLoop:
 
     def _info(self) -> dict[str, Any]:
         inflight = self.inflight
-        return {**self.describe(), "state": "busy" if inflight else "idle", "inflight": inflight, "beat": utc_now()}
+        return {
+            **self.describe(),
+            "state": "busy" if inflight else "idle",
+            "inflight": inflight,
+            "beat": utc_now(),
+            "step_s": self.env.telemetry.steps.snapshot(),  # seconds per weighted step (the pending-work gauge)
+        }
 
     # -- Redis going away -----------------------------------------------------------------------------------------
     def _redis_failed(self, exc: BaseException) -> None:
@@ -246,9 +266,29 @@ class WorkLoop:
 
     # -- one job ----------------------------------------------------------------------------------------------------
     def _run_job(self, job: Started) -> None:
+        record = job.record
         try:
-            outcome = execute(self.env, job.record)
-            self._commit(outcome)
+            # this job thread serves this one job now: its log lines carry its id, its spans join its trace
+            with (
+                logs.job_context(record.id, record.request_id),
+                tracing.span(
+                    "job",
+                    parent=record.traceparent,
+                    kind="consumer",
+                    attributes={"job.id": record.id, "operation": record.kind, "attempt": record.attempt},
+                ),
+            ):
+                outcome = execute(self.env, record)
+                with tracing.span("finish"):
+                    self._commit(outcome)
+                if outcome.handed_back:
+                    self.env.telemetry.forwards.discard(record.id)
+                else:
+                    ended = outcome.record
+                    run_s = ended.timings.get("run_s")
+                    self.env.telemetry.job_ended(
+                        record.kind, record.params, record.id, ended.state.value, float(run_s) if run_s else None
+                    )
         finally:
             with self._lock:
                 self._inflight.pop(job.id, None)
@@ -314,7 +354,7 @@ class WorkLoop:
             for job_id in running:
                 handed = self.lifecycle.requeue(job_id, worker, consume_retry=True)
                 if handed == 1:
-                    log.warning("job %s of lost worker %s is retried", job_id, worker)
+                    log.warning("job %s of lost worker %s is retried", job_id, worker, extra=logs.about(job_id))
                 elif handed == -1:
                     self._fail_lost(job_id, worker)
         if self._maintenance_rounds % 20 == 1:  # RQ's registries of ended jobs: drop the expired entries
@@ -339,7 +379,7 @@ class WorkLoop:
             }
         )
         if self.lifecycle.finish(failed, held=held_key(worker), guard=f"worker:{worker}"):
-            log.warning("job %s of lost worker %s failed: no retries left", job_id, worker)
+            log.warning("job %s of lost worker %s failed: no retries left", job_id, worker, extra=logs.about(job_id))
 
     # -- stopping ---------------------------------------------------------------------------------------------------
     def _shut_down(self) -> None:
@@ -367,10 +407,18 @@ class WorkLoop:
             try:
                 if self.lifecycle.requeue(job_id, self.name, consume_retry=False) == 1:
                     log.warning(
-                        "job %s handed back while still running (no step came in %.0f s)", job_id, HANDBACK_GRACE_S
+                        "job %s handed back while still running (no step came in %.0f s)",
+                        job_id,
+                        HANDBACK_GRACE_S,
+                        extra=logs.about(job_id),
                     )
             except REDIS_ERRORS as exc:
-                log.error("job %s could not be handed back (%s); another worker will recover it", job_id, exc)
+                log.error(
+                    "job %s could not be handed back (%s); another worker will recover it",
+                    job_id,
+                    exc,
+                    extra=logs.about(job_id),
+                )
         try:
             self.lifecycle.leave(self.name)
         except REDIS_ERRORS as exc:

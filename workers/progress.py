@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from redis.exceptions import RedisError
 
-from core import events
+from core import events, logs
 from core.lifecycle import Lifecycle
 from models import imageio
 
@@ -46,19 +46,20 @@ class EventPublisher:
     queue up thousands of writes that each wait for a connect timeout."""
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self._queue: queue.Queue[tuple[Callable[[], None], bool]] = queue.Queue(maxsize)
+        self._queue: queue.Queue[tuple[Callable[[], None], bool, str | None]] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._down_until = 0.0
         self.dropped = 0
 
-    def submit(self, task: Callable[[], None], *, droppable: bool = True) -> bool:
+    def submit(self, task: Callable[[], None], *, droppable: bool = True, job_id: str | None = None) -> bool:
+        """Queue ``task`` (about ``job_id``, named in the log line if it fails); False if the queue was full."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="job-events", daemon=True)
                 self._thread.start()
         try:
-            self._queue.put_nowait((task, droppable))
+            self._queue.put_nowait((task, droppable, job_id))
         except queue.Full:
             self.dropped += 1
             return False
@@ -73,17 +74,18 @@ class EventPublisher:
 
     def _run(self) -> None:
         while True:
-            task, droppable = self._queue.get()
+            task, droppable, job_id = self._queue.get()
             if droppable and time.monotonic() < self._down_until:
                 self.dropped += 1
                 continue
+            about = logs.about(job_id) if job_id else None  # this thread serves every job: name it explicitly
             try:
                 task()
             except RedisError as exc:
                 self._down_until = time.monotonic() + REDIS_DOWN_SKIP_S
-                log.warning("a job event could not be published: %s", exc)
+                log.warning("a job event could not be published: %s", exc, extra=about)
             except Exception:  # an event lost must never stop the ones after it
-                log.warning("a job event could not be published", exc_info=True)
+                log.warning("a job event could not be published", exc_info=True, extra=about)
 
 
 PUBLISHER = EventPublisher()
@@ -136,7 +138,12 @@ class ProgressSink:
         except Exception:  # progress reporting must never fail the job
             if not self._failed:
                 self._failed = True
-                log.warning("progress of job %s could not be reported", self.job_id, exc_info=True)
+                log.warning(
+                    "progress of job %s could not be reported",
+                    self.job_id,
+                    exc_info=True,
+                    extra=logs.about(self.job_id),
+                )
 
     def _report(self, step: int, total: int, preview: torch.Tensor | None, stage: str | None) -> None:
         now = time.monotonic()
@@ -174,7 +181,7 @@ class ProgressSink:
                 lifecycle.event(job_id, attempt, "progress", held, progress=held)
             lifecycle.event(job_id, attempt, event, data, progress=progress)
 
-        self._publisher.submit(send)
+        self._publisher.submit(send, job_id=job_id)
 
     def _to_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W) in the operation's value range -> uint8 (C, H, W) on the CPU (a small copy)."""
@@ -196,9 +203,14 @@ class ProgressSink:
                 lifecycle.event(job_id, attempt, "progress", held, progress=held)
             lifecycle.event(job_id, attempt, "preview", data, progress=None)
 
-        self._publisher.submit(send, droppable=False)
+        self._publisher.submit(send, droppable=False, job_id=job_id)
 
     def flush(self) -> None:
         """Wait until this process's queued events and previews have been sent (bounded)."""
         if not self._publisher.flush():
-            log.warning("the events of job %s were not all sent within %.0fs", self.job_id, FLUSH_TIMEOUT_S)
+            log.warning(
+                "the events of job %s were not all sent within %.0fs",
+                self.job_id,
+                FLUSH_TIMEOUT_S,
+                extra=logs.about(self.job_id),
+            )

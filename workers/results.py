@@ -16,6 +16,7 @@ import stamina
 import torch
 import torch.nn.functional as F
 
+from core import tracing
 from core.protocol import JobError
 from models import imageio
 
@@ -61,6 +62,10 @@ class ResultWriter:
         self.main: str | None = None
 
     def _put(self, name: str, data: bytes, content_type: str) -> None:
+        with tracing.span("store.write", attributes={"file": name, "bytes": len(data)}):
+            self._put_retried(name, data, content_type)
+
+    def _put_retried(self, name: str, data: bytes, content_type: str) -> None:
         try:
             for attempt in stamina.retry_context(
                 on=self.retry_on, attempts=None, timeout=self.write_timeout_s, wait_initial=0.2, wait_max=5.0

@@ -25,10 +25,12 @@ from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, Setting
 from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
+from app.metrics import JobMeter
 from app.parameters import ParamError, UnknownParameters
 from app.problems import invalid_params
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
+from core import tracing
 from core.lifecycle import Lifecycle
 from core.operations import OPERATIONS, Operation, OperationParams
 from core.settings import Settings
@@ -90,11 +92,32 @@ class Submitter:
         prefer: str | None,
     ) -> None:
         self.hub: EventHub = request.app.state.events
+        self.meter: JobMeter = request.app.state.meter
         self.lifecycle, self.store, self.settings, self.depth = lifecycle, store, settings, depth
         self.idempotency_key = idempotency_key
         self.wait = wait_preference(prefer, settings.wait_max_s)
+        self.request_id: str | None = request.scope.get("state", {}).get("request_id")
+        self.traceparent = request.headers.get("traceparent") if tracing.active else None
 
     async def __call__(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
+        with tracing.span("submit", parent=self.traceparent, kind="server", attributes={"operation": op.name}):
+            return await self._submit(op, params, uploads)
+
+    async def _enqueue(self, submit: Callable[..., Any], op: Operation, job_id: str) -> tuple[dict[str, Any], bool]:
+        """``submit`` in the thread pool, the job remembered by the job metrics before it can end (its done
+        event counts it) and forgotten again if it was not enqueued or is a replay."""
+        self.meter.accepted(job_id, op.name)
+        try:
+            with tracing.span("enqueue", kind="producer"):
+                body, replayed = await run_in_threadpool(submit, job_id=job_id, traceparent=tracing.traceparent())
+        except BaseException:
+            self.meter.forget(job_id)
+            raise
+        if replayed:
+            self.meter.forget(job_id)
+        return body, replayed
+
+    async def _submit(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
         submit = partial(
             jobs.submit,
             self.lifecycle,
@@ -105,14 +128,15 @@ class Submitter:
             uploads=uploads,
             idem_key=self.idempotency_key,
             depth=self.depth,
+            request_id=self.request_id,
         )
-        if not self.wait or not await self.hub.ready():
-            body, replayed = await run_in_threadpool(submit)
-            return accepted(body, replayed)
         job_id = jobs.new_job_id()
+        if not self.wait or not await self.hub.ready():
+            body, replayed = await self._enqueue(submit, op, job_id)
+            return accepted(body, replayed)
         future = self.hub.expect(job_id)
         try:
-            body, replayed = await run_in_threadpool(submit, job_id=job_id)
+            body, replayed = await self._enqueue(submit, op, job_id)
         except BaseException:
             self.hub.forget(job_id, future)
             raise

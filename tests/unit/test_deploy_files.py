@@ -35,7 +35,7 @@ def test_env_example_lists_exactly_the_settings() -> None:
 def test_compose_services_and_settings_agree() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "seaweedfs", "s3-bucket"}
+    assert set(services) == {"redis", "api", "worker", "seaweedfs", "s3-bucket", "prometheus", "grafana"}
     assert {name for name, service in services.items() if "profiles" not in service} == {"redis", "api", "worker"}
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     for name in ("api", "worker"):
@@ -150,3 +150,35 @@ def test_settings_accept_the_compose_s3_values(monkeypatch) -> None:
     settings = Settings(_env_file=None)
     assert settings.results_url == "s3://results/jobs" and settings.aws_endpoint_url == "http://seaweedfs:8333"
     assert settings.aws_secret_access_key is not None and "s3cr3t-value" not in repr(settings)
+
+
+def test_compose_monitoring_profile_scrapes_api_and_workers_and_provisions_the_dashboard() -> None:
+    """The `monitoring` profile: Prometheus scrapes the API's /metrics and each worker's WORKER_METRICS_PORT (every
+    replica, by DNS), and Grafana is provisioned with the Prometheus data source and deploy/grafana/dashboard.json."""
+    services = _compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    port = services["worker"]["environment"]["WORKER_METRICS_PORT"]
+    assert Settings(worker_metrics_port=port).worker_metrics_port == int(port)
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"] if v.startswith("./")}
+    config_path = mounts["./deploy/prometheus/prometheus.yml"]
+    assert f"--config.file={config_path}" in prometheus["command"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["api"]["metrics_path"] == "/metrics" and jobs["api"]["dns_sd_configs"][0]["port"] == 8000
+    assert jobs["api"]["dns_sd_configs"][0]["names"] == ["api"]
+    assert jobs["worker"]["dns_sd_configs"][0] == {"names": ["worker"], "type": "A", "port": int(port)}
+    grafana_mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"] if v.startswith("./")}
+    assert grafana_mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    board = grafana_mounts["./deploy/grafana/dashboard.json"]
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert Path(board).parent == Path(providers["providers"][0]["options"]["path"])
+    sources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert (
+        sources["datasources"][0]["url"] == "http://prometheus:9090"
+        and sources["datasources"][0]["type"] == "prometheus"
+    )
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboard.json").read_text())
+    assert dashboard["panels"] and all(p["targets"] for p in dashboard["panels"])
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["LOG_FORMAT"] == "${LOG_FORMAT:-text}"
