@@ -8,7 +8,7 @@
 | `lifecycle` | each transition of a job as one call: submit, view, start, event, finish, requeue, cancel, recover |
 | `events` | the live events of a job: schema, stream keys, parsing |
 | `operations` | one typed parameter model per operation, and the table of operations |
-| `storage` | result storage: one folder per job under `RESULTS_DIR` |
+| `store` | the result store: one interface, a folder backend (`RESULTS_DIR`) and an S3 backend (`RESULTS_URL`) |
 
 `app` and `workers` both import this package and never each other; this package imports neither,
 nor `models` or torch (import contracts in `pyproject.toml`, checked by `make lint`).
