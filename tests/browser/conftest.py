@@ -27,8 +27,10 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
+    """Chromium for the browser tests. Package scope: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, which would break every later test that calls ``asyncio.run``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -37,7 +39,7 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(redis_server, tiny_if, tmp_path_factory) -> Iterator[Stack]:
     """The API and one worker on the shipped MNIST checkpoints (the settings' defaults) and the tiny IF."""
     stack = Stack(redis_server.url, {**tiny_if, "PREVIEW_EVERY": "2"}, tmp_path_factory.mktemp("studio"))
