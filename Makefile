@@ -29,7 +29,7 @@ screenshot:       ## retake docs/studio.png (the README's screenshot) with the b
 	STUDIO_SCREENSHOT=$(CURDIR)/docs/studio.png $(PY) -m pytest -q tests/browser -k inpaint
 
 api:
-	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --workers $${API_WORKERS:-1}
 
 worker:
 	$(PY) -m workers

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     aws_default_region: str | None = Field(None, description="S3 region (empty: us-east-1)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(
+        1, ge=1, le=64, description="uvicorn processes of the API (`make run`, the image); 1 on a 2-core host"
+    )
 
     # --- job lifecycle --------------------------------------------------------------------
     job_timeout_s: int = Field(600, ge=1, description="hard limit for one job's run time")

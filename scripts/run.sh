@@ -8,12 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${VENV:-.venv}/bin/python
 
-read -r REDIS_HOST REDIS_PORT HOST PORT RESULTS_DIR < <("$PY" - <<'PYEOF'
+read -r REDIS_HOST REDIS_PORT HOST PORT RESULTS_DIR API_WORKERS < <("$PY" - <<'PYEOF'
 from urllib.parse import urlparse
 from core.settings import get_settings
 s = get_settings()
 u = urlparse(s.redis_url)
-print(u.hostname or "localhost", u.port or 6379, s.host, s.port, s.results_dir)
+print(u.hostname or "localhost", u.port or 6379, s.host, s.port, s.results_dir, s.api_workers)
 PYEOF
 )
 
@@ -118,7 +118,7 @@ fi
 mkdir -p "$RESULTS_DIR"
 "$PY" -m workers &
 pids+=($!); names+=("worker")
-"$PY" -m uvicorn app.main:app --host "$HOST" --port "$PORT" &
+"$PY" -m uvicorn app.main:app --host "$HOST" --port "$PORT" --workers "$API_WORKERS" &
 pids+=($!); names+=("API")
 
 # Ready once /readyz answers 200 (Redis up and a worker registered, its models loaded); until then say
