@@ -82,6 +82,11 @@ class Settings(BaseSettings):
 
     # --- security -------------------------------------------------------------------------
     api_key: str | None = Field(None, description="if set, every request except health checks needs X-API-Key")
+    tenants_file: Path | None = Field(
+        None,
+        description="a TOML file of tenants (keys, weight, max_queued, rate), read at start by the API and the "
+        "workers (core/tenants.py); set, it replaces API_KEY: every protected route needs a tenant's key",
+    )
 
     # --- limits ---------------------------------------------------------------------------
     max_n: int = Field(100, ge=1)
@@ -187,6 +192,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_key",
+        "tenants_file",
         "if_stage2_model",
         "if_text_encoder_device",
         "if_embedding_cache_dir",
