@@ -40,6 +40,7 @@ __all__ = [
     "IfInpaint",
     "IfSample",
     "IfSdedit",
+    "JobOptions",
     "MnistSample",
     "Operation",
     "OperationParams",
@@ -98,8 +99,33 @@ def _setting_names(annotation: Any, metadata: Iterable[Any] = ()) -> set[str]:
     return names
 
 
-class OperationParams(BaseModel):
-    """Parameters every operation shares; subclasses add their own."""
+class JobOptions(BaseModel):
+    """How the service handles a job, as opposed to what the job computes: accepted by every operation in the
+    same place as its parameters, and never part of the job's recorded ``params`` (``exclude=True``): the worker
+    neither sees nor validates them, and the same parameters with other options give the same PNG. The API reads
+    them from the validated model and keeps what it needs in the job record."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal",
+        exclude=True,
+        description="orders this tenant's own jobs: every waiting high job is admitted before its normal ones, "
+        "and those before its low ones (other tenants are not affected: fair share is between tenants)",
+        examples=["normal"],
+    )
+    cache: bool = Field(
+        True,
+        exclude=True,
+        description="with a `seed`: answer at once from an earlier job with the same request, model weights and "
+        "code (`cached: true`, the same bytes); `false` always runs the job (and does not add it to the cache)",
+        examples=[True],
+    )
+
+
+class OperationParams(JobOptions):
+    """Parameters every operation shares; subclasses add their own. The job options (``JobOptions``) come with
+    them and are left out of ``model_dump``."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -386,6 +412,8 @@ class Operation:
         summary, description: for the OpenAPI document.
         value_range: the range of its images as tensors (previews and trajectories are encoded from it):
             (-1, 1) for DeepFloyd, (0, 1) for MNIST.
+        version: the code version of its output, part of the result cache's key: bump it in the same commit as any
+            change of its job function or of the models code it calls that changes the bytes it writes.
     """
 
     name: str
@@ -397,6 +425,7 @@ class Operation:
     uploads: tuple[Upload, ...] = ()
     tag: str = "deepfloyd"
     value_range: tuple[float, float] = (-1.0, 1.0)
+    version: int = 1
 
     JOB_MODULE: ClassVar[str] = "workers.jobs"
 
@@ -460,6 +489,16 @@ OPERATIONS: dict[str, Operation] = {
 
 #: A pseudo-operation a worker advertises when it can run the stage-II upscale (``upscale=true``).
 IF_UPSCALE = "if_upscale"
+
+
+def models_used(kind: str, params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The resident models (``workers.registry`` names) a job of ``kind`` with these recorded parameters runs: the
+    weights whose digests key the result cache."""
+    if kind == "mnist_sample":
+        return ("mnist_time",) if params.get("digit") is None else ("mnist_class",)
+    if kind in OPERATIONS:
+        return ("if_stage1", "if_stage2") if params.get("upscale") else ("if_stage1",)
+    return ()
 
 
 def operation_for_job(func_name: str) -> Operation | None:

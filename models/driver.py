@@ -6,7 +6,8 @@ place in its own time grid, its guidance rule, its hook and its generator. At ea
 of rows: every branch of its guidance, every view, conditional and unconditional). A driver step is:
 
 1. per network, take the active requests in the order they last advanced (longest waiting first) while
-   their rows fit in ``max_rows`` (a request larger than ``max_rows`` alone still runs, in chunks);
+   their rows fit in ``max_rows`` (a request larger than ``max_rows`` alone still runs, in chunks); when the
+   requests belong to several *groups* and do not all fit, choose them by weighted fair share instead (below);
 2. concatenate their inputs row-wise and run **one** forward (chunks of at most ``max_rows`` rows; a chunk
    that runs out of memory is split in halves and retried before anyone fails);
 3. split the output rows back and let each request apply its own rule, step, hook and callback.
@@ -21,6 +22,17 @@ A request may carry a *deadline* (``time.monotonic()`` seconds): before each ste
 whose deadline has passed with ``DeadlineExceeded``, so a job's time limit is enforced between two steps, by the
 loop itself (no timer, no exception raised into another thread).
 
+**Fair share.** A request may carry a *group* (an opaque key: the worker passes its job's tenant) and a *weight*.
+When one forward cannot take every waiting row of a network and the waiting requests belong to more than one
+group, the rows are chosen by deficit round robin (Shreedhar and Varghese, 1996) over the groups, each group's
+requests FIFO (longest waiting first): on its turn a group's deficit grows by ``weight * quantum`` rows (the
+quantum is the largest request's rows, so a group of weight >= 1 sends at least one request per turn) and it
+sends requests while their rows fit in its deficit. A turn cut short by a full forward goes on at the next step
+(the round-robin position and the deficits persist per network), so over many steps each backlogged group gets
+rows in proportion to its weight; a group with nothing left to send loses its deficit. Rows the round leaves
+free are then filled with any request that fits, charged to its group's deficit (work-conserving; the group pays
+it back on later turns). A request larger than ``max_rows`` still runs, alone, when its group's turn comes.
+
 ``drive(request)`` runs one request alone on a fresh driver: the single-request path is this same loop.
 No threads here; ``workers.batcher`` runs a driver in a thread for the worker's jobs in flight.
 """
@@ -30,7 +42,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -159,6 +172,87 @@ class _Entry:
     deadline: float | None = None  # time.monotonic() past which it is ended
     error: BaseException | None = None
     done: bool = False
+    group: Hashable = None  # fair share: whose request it is (opaque)
+    weight: float = 1.0
+
+
+_Chosen = tuple[_Entry, Inputs, int]
+
+
+@dataclass
+class FairShare:
+    """Deficit round robin over the groups of one network's requests (see the module docstring), kept across
+    steps: the round-robin ring, whose turn it is (and whether that turn already got its quantum), the deficits."""
+
+    ring: list[Hashable] = field(default_factory=list)
+    deficit: dict[Hashable, float] = field(default_factory=dict)
+    turn: Hashable = None
+    started: bool = False  # the group of ``turn`` already got its quantum for this turn
+
+    def pick(self, items: Sequence[_Chosen], budget: int) -> list[_Chosen]:
+        """The requests of one forward of at most ``budget`` rows, from ``items`` (longest waiting first)."""
+        queues: dict[Hashable, deque[_Chosen]] = {}
+        weights: dict[Hashable, float] = {}
+        for item in items:
+            queues.setdefault(item[0].group, deque()).append(item)
+            weights.setdefault(item[0].group, item[0].weight)
+        self._follow(queues)
+        quantum = max(n for _, _, n in items)
+        left, chosen = budget, set()
+        picked: list[_Chosen] = []
+        i = self.ring.index(self.turn)
+        for _ in range(100_000):  # bound: every round adds weight * quantum > 0 rows of deficit
+            if not queues or left <= 0:
+                self.turn, self.started = self.ring[i], False
+                break
+            group = self.ring[i]
+            queue = queues.get(group)
+            if queue:
+                if not self.started:
+                    self.deficit[group] = self.deficit.get(group, 0.0) + weights[group] * quantum
+                    self.started = True
+                full = False
+                while queue and queue[0][2] <= self.deficit[group]:
+                    n = queue[0][2]
+                    if n > left and (picked or left < budget):
+                        full = True  # the forward is full: this turn goes on at the next step
+                        break
+                    item = queue.popleft()
+                    picked.append(item)
+                    chosen.add(id(item[0]))
+                    self.deficit[group] -= n
+                    left -= n
+                if full:
+                    self.turn = group
+                    break
+                if not queue:  # all of its requests go: nothing left waiting, so no deficit kept
+                    self.deficit[group] = 0.0
+                    del queues[group]
+            i = (i + 1) % len(self.ring)
+            self.started = False
+        for item in items:  # rows left free: anyone who fits, charged to its group
+            if left <= 0:
+                break
+            if id(item[0]) not in chosen and item[2] <= left:
+                picked.append(item)
+                chosen.add(id(item[0]))
+                self.deficit[item[0].group] = self.deficit.get(item[0].group, 0.0) - item[2]
+                left -= item[2]
+        order = {id(item[0]): k for k, item in enumerate(items)}
+        return sorted(picked, key=lambda item: order[id(item[0])])
+
+    def _follow(self, queues: Mapping[Hashable, Any]) -> None:
+        """The ring of the groups waiting now (new ones at its end); the turn passes on from a group that left."""
+        if self.turn not in queues:
+            after = self.ring[self.ring.index(self.turn) + 1 :] + self.ring if self.turn in self.ring else []
+            self.turn = next((g for g in after if g in queues), None)
+            self.started = False
+        for group in list(self.deficit):
+            if group not in queues:
+                del self.deficit[group]
+        self.ring = [g for g in self.ring if g in queues] + [g for g in queues if g not in self.ring]
+        if self.turn is None:
+            self.turn = self.ring[0]
 
 
 @dataclass
@@ -177,6 +271,7 @@ class StepDriver:
     on_forward: Callable[[Any, list[tuple[Request, int]], float, float], None] | None = None
     _entries: list[_Entry] = field(default_factory=list)
     _clock: itertools.count[int] = field(default_factory=itertools.count)
+    _shares: dict[Any, FairShare] = field(default_factory=dict)  # per network key
     forwards: int = 0  # forwards run so far (for tests and benchmarks)
     rows: int = 0  # rows they held
 
@@ -184,10 +279,15 @@ class StepDriver:
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
 
-    def submit(self, request: Request, *, deadline: float | None = None) -> Request:
+    def submit(
+        self, request: Request, *, deadline: float | None = None, group: Hashable = None, weight: float = 1.0
+    ) -> Request:
         """Add a request; it joins at the next step. Past ``deadline`` (``time.monotonic()``) it is ended with
-        ``DeadlineExceeded`` before the next step."""
-        self._entries.append(_Entry(request, next(self._clock), deadline))
+        ``DeadlineExceeded`` before the next step. ``group`` and ``weight``: its share when the rows of several
+        groups do not fit in one forward (see the module docstring)."""
+        if weight <= 0:
+            raise ValueError(f"weight must be > 0, got {weight}")
+        self._entries.append(_Entry(request, next(self._clock), deadline, group=group, weight=weight))
         return request
 
     def discard(self, request: Request) -> bool:
@@ -216,16 +316,33 @@ class StepDriver:
         groups: dict[Any, list[_Entry]] = {}
         for entry in sorted((e for e in self._entries if not e.done), key=lambda e: e.order):
             groups.setdefault(network_key(entry.request.network), []).append(entry)
-        for entries in groups.values():
-            self._step_group(entries)
+        for key, entries in groups.items():
+            self._step_group(key, entries)
+        for key in [k for k in self._shares if k not in groups]:
+            del self._shares[key]
         for entry in [e for e in self._entries if e.done]:
             self._entries.remove(entry)
             if self.on_finish is not None:
                 self.on_finish(entry.request, entry.error)
 
-    def _step_group(self, entries: list[_Entry]) -> None:
-        chosen: list[tuple[_Entry, Inputs, int]] = []
+    def _choose(self, key: Any, items: list[_Chosen]) -> list[_Chosen]:
+        """The requests of this step's forward of one network (``items``: longest waiting first)."""
+        total = sum(n for _, _, n in items)
+        if self.max_rows is None or total <= self.max_rows:
+            return items
+        if len({entry.group for entry, _, _ in items}) > 1:
+            return self._shares.setdefault(key, FairShare()).pick(items, self.max_rows)
+        chosen: list[_Chosen] = []
         total = 0
+        for item in items:
+            if chosen and total + item[2] > self.max_rows:
+                continue  # waits for room; it goes first next time
+            chosen.append(item)
+            total += item[2]
+        return chosen
+
+    def _step_group(self, key: Any, entries: list[_Entry]) -> None:
+        items: list[_Chosen] = []
         for entry in entries:
             try:
                 inputs = entry.request.inputs()
@@ -233,12 +350,11 @@ class StepDriver:
             except Exception as exc:  # noqa: BLE001 - the request's own failure ends it alone
                 self._fail(entry, exc)
                 continue
-            if chosen and self.max_rows is not None and total + n > self.max_rows:
-                continue  # waits for room; it goes first next time
-            chosen.append((entry, inputs, n))
-            total += n
-        if not chosen:
+            items.append((entry, inputs, n))
+        if not items:
             return
+        chosen = self._choose(key, items)
+        total = sum(n for _, _, n in chosen)
         network = chosen[0][0].request.network
         hook = self.on_forward
         began = time.perf_counter() if hook is not None else 0.0

@@ -6,14 +6,15 @@ admits the requests submitted since the last step, runs one forward per network 
 different operations, settings and timesteps together, at most ``max_rows`` rows a forward), and lets each
 request apply its own rule, hook and callback (progress, cancellation). A request that finishes or fails
 leaves at once and wakes its job thread; the others go on. A request's deadline (its job's time limit) is
-enforced by the driver between steps.
+enforced by the driver between steps. Each request carries its job's tenant and weight, with which the driver
+chooses rows when a forward cannot take them all (``models.driver``: fair share).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -46,7 +47,7 @@ class Batcher:
             max_rows=max_rows, on_finish=self._finished, on_forward=meter.on_forward if meter is not None else None
         )
         self._lock = threading.Condition()
-        self._incoming: list[tuple[Request, float | None]] = []
+        self._incoming: list[tuple[Request, float | None, Hashable, float]] = []
         self._calls: list[tuple[Callable[[], Any], _Ticket, list[Any]]] = []
         self._discarded: list[Request] = []
         self._tickets: dict[int, _Ticket] = {}
@@ -68,20 +69,23 @@ class Batcher:
             self._lock.notify_all()
         self._thread.join(10)
 
-    def run(self, request: Request, *, deadline: float | None = None) -> None:
+    def run(
+        self, request: Request, *, deadline: float | None = None, group: Hashable = None, weight: float = 1.0
+    ) -> None:
         """Drive ``request`` to its end together with the other jobs' requests; re-raise its error
-        (``models.driver.DeadlineExceeded`` past ``deadline``, a ``time.monotonic()`` value).
+        (``models.driver.DeadlineExceeded`` past ``deadline``, a ``time.monotonic()`` value). ``group`` and
+        ``weight``: its share of a full forward (the job's tenant and the tenant's weight).
 
         Blocks the calling job thread. If the wait itself is interrupted, the request is discarded.
         """
         ticket = _Ticket()
         if self.meter is not None:
-            self.meter.register(request)  # its job and span, read on this (the job's) thread
+            self.meter.register(request)  # its job, tenant and span, read on this (the job's) thread
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the batcher has stopped")
             self._tickets[id(request)] = ticket
-            self._incoming.append((request, deadline))
+            self._incoming.append((request, deadline, group, weight))
             self._lock.notify_all()
         try:
             ticket.done.wait()
@@ -152,8 +156,8 @@ class Batcher:
             discarded, self._discarded = self._discarded, []
             calls, self._calls = self._calls, []
         self._run_calls(calls)
-        for request, deadline in incoming:
-            self._driver.submit(request, deadline=deadline)
+        for request, deadline, group, weight in incoming:
+            self._driver.submit(request, deadline=deadline, group=group, weight=weight)
         for request in discarded:
             self._driver.discard(request)
             with self._lock:

@@ -297,3 +297,116 @@ def test_flow_requests_alone_and_mixed_equal_the_reference_solvers() -> None:
         assert torch.equal(alone.x, request.x), i
     # evaluations: 5 (euler) / 6 (heun 3 x 2) / 8 (midpoint 4 x 2) / 8 (euler): 8 forwards, rows of all
     assert len(net.calls) == 8 and net.calls[0] == 2 * (2 + 1 + 3 + 1)
+
+
+# ---- fair share between groups (tenants) when a forward cannot take every row ---------------------------------
+
+
+class Rows:
+    """A request of ``n`` rows that never finishes by itself (``steps`` None) or after ``steps`` evaluations."""
+
+    def __init__(self, network: object, n: int, name: str, steps: int | None = None) -> None:
+        self.network, self.n, self.name, self.steps, self.done = network, n, name, steps, 0
+
+    def inputs(self) -> dict[str, Tensor]:
+        return {"x": torch.zeros(self.n, 1)}
+
+    def advance(self, output: Tensor) -> bool:
+        self.done += 1
+        return self.steps is not None and self.done >= self.steps
+
+
+class Counter:
+    """Records which requests (by name) each forward held, in order."""
+
+    def __init__(self) -> None:
+        self.forwards: list[list[str]] = []
+        self.pending: list[str] = []
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+
+def run_steps(driver: StepDriver, steps: int) -> list[list[str]]:
+    seen: list[list[str]] = []
+    driver.on_forward = lambda net, reqs, a, b: seen.append([r.name for r, _ in reqs])  # type: ignore[attr-defined]
+    for _ in range(steps):
+        driver.step()
+    return seen
+
+
+def test_rows_are_shared_by_weight_between_groups_each_fifo() -> None:
+    net = Counter()
+    driver = StepDriver(max_rows=3)
+    for i in range(6):
+        driver.submit(Rows(net, 1, f"a{i}"), group="a", weight=2)
+    for i in range(6):
+        driver.submit(Rows(net, 1, f"b{i}"), group="b", weight=1)
+    seen = [sorted(f) for f in run_steps(driver, 6)]
+    assert seen[:3] == [["a0", "a1", "b0"], ["a2", "a3", "b1"], ["a4", "a5", "b2"]]  # 2:1, FIFO in each group
+    assert seen[3] == ["a0", "a1", "b3"]  # the served ones went to the back of their group
+    rows = [sum(name[0] == g for f in seen for name in f) for g in "ab"]
+    assert rows == [12, 6]
+
+
+def test_a_turn_cut_short_by_a_full_forward_goes_on_at_the_next_step() -> None:
+    """Requests of 100 rows, 256 rows a forward, weights 2:1: 2 of A fit, B's turn waits for the next step; over
+    every three steps A sends 4 requests and B 2, and no forward is over the limit."""
+    net = Counter()
+    driver = StepDriver(max_rows=256)
+    for i in range(8):
+        driver.submit(Rows(net, 100, f"a{i}"), group="a", weight=2)
+    for i in range(8):
+        driver.submit(Rows(net, 100, f"b{i}"), group="b", weight=1)
+    seen = [sorted(f) for f in run_steps(driver, 30)]
+    assert all(len(f) <= 2 for f in seen)
+    per = [sum(name[0] == g for f in seen for name in f) for g in "ab"]
+    assert per == [40, 20]
+    assert seen[:3] == [["a0", "a1"], ["a2", "b0"], ["a3", "b1"]]
+
+
+def test_equal_weights_alternate_and_a_late_group_is_not_starved() -> None:
+    net = Counter()
+    driver = StepDriver(max_rows=2)
+    for i in range(10):
+        driver.submit(Rows(net, 1, f"a{i}"), group="a")
+    first = run_steps(driver, 2)
+    assert first == [["a0", "a1"], ["a2", "a3"]]  # one group alone: FIFO as before
+    driver.submit(Rows(net, 1, "b0"), group="b")
+    driver.submit(Rows(net, 1, "b1"), group="b")
+    seen = run_steps(driver, 4)
+    assert [sum(n[0] == "b" for n in f) for f in seen] == [1, 1, 1, 1]
+
+
+def test_everything_fits_so_everyone_runs() -> None:
+    net = Counter()
+    driver = StepDriver(max_rows=10)
+    for i, g in enumerate("aabbc"):
+        driver.submit(Rows(net, 2, f"{g}{i}"), group=g, weight=1 + i)
+    assert run_steps(driver, 1) == [["a0", "a1", "b2", "b3", "c4"]]
+
+
+def test_a_request_larger_than_the_forward_still_runs_alone_on_its_turn() -> None:
+    net = Counter()
+    driver = StepDriver(max_rows=4)
+    driver.submit(Rows(net, 6, "big"), group="a")
+    driver.submit(Rows(net, 1, "b0"), group="b")
+    driver.submit(Rows(net, 1, "b1"), group="b")
+    seen = run_steps(driver, 4)
+    assert ["big"] in seen and all("big" not in f or f == ["big"] for f in seen)
+    assert sum(f.count("b0") for f in seen) >= 2  # b is not starved by the oversized request
+
+
+def test_free_rows_are_filled_and_charged_to_the_group() -> None:
+    """A's 3-row requests leave a row free that B's 1-row request takes; B pays it back later."""
+    net = Counter()
+    driver = StepDriver(max_rows=4)
+    for i in range(4):
+        driver.submit(Rows(net, 3, f"a{i}"), group="a")
+    for i in range(4):
+        driver.submit(Rows(net, 1, f"b{i}"), group="b")
+    seen = run_steps(driver, 60)
+    assert all(sum(3 if n[0] == "a" else 1 for n in f) <= 4 for f in seen)
+    rows_a = 3 * sum(n[0] == "a" for f in seen for n in f)
+    rows_b = sum(n[0] == "b" for f in seen for n in f)
+    assert abs(rows_a - rows_b) <= 6, (rows_a, rows_b)  # equal weights: equal rows
