@@ -113,7 +113,7 @@ class QueueDepth:
         with self._lock:
             if time.monotonic() - self._at < self.max_age_s:
                 return self._value
-        value = int(lifecycle.redis.llen(lifecycle.queue.key))
+        value = lifecycle.depth()
         self.seen(value)
         return value
 

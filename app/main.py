@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, app.state.lifecycle, on_done=meter.done, on_listeners=metrics.listeners.inc
         )
         app.state.events.start()  # subscribed from the start: every done event reaches the job metrics
-        app.state.records = AsyncRecords(app.state.events.aredis, app.state.queue)
+        app.state.records = AsyncRecords(app.state.events.aredis, app.state.lifecycle)
         app.state.gauges = RedisGauges(GaugeReader(app.state.lifecycle, default_step_s=settings.pending_step_s_default))
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)

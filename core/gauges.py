@@ -1,7 +1,7 @@
 """The gauges an API computes from Redis when it is scraped: queue depth, jobs running, pending work (torch-free).
 
-One read-only script per scrape (``SCRAPE``), never anything per job: the length of the RQ queue, the kind and
-parameters of at most ``QUEUE_SCAN`` queued jobs from its head, the kind, parameters and progress of every job that
+One read-only script per scrape (``SCRAPE``), never anything per job: the length of every queue list (each tenant's
+three, ``core.tenants``), the kind and parameters of at most ``QUEUE_SCAN`` queued jobs from their heads, the kind, parameters and progress of every job that
 a live worker holds and runs, and what each live worker published with its heartbeat (its measured seconds per
 step, ``step_s``, by ``core.operations.cost_key``).
 
@@ -28,22 +28,30 @@ from core.record import RECORD_PREFIX, run
 #: the most queued jobs one scrape reads (from the head of the queue); the rest is extrapolated
 QUEUE_SCAN = 10_000
 
-# KEYS: RQ queue, live workers (sorted set), capabilities hash.
+# KEYS: live workers (sorted set), capabilities hash, then every queue list.
 # ARGV: now (unix seconds), how many queued jobs to read, record prefix, held-list prefix.
 # Returns {queue length, {kind, params, ...} of the queued jobs read, {kind, params, progress, ...} of the running
 # jobs of live workers, {capabilities JSON of each live worker}}.
 SCRAPE = """
-local depth = redis.call('LLEN', KEYS[1])
+local depth = 0
 local queued = {}
-for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
-  local f = redis.call('HMGET', ARGV[3] .. id, 'kind', 'params')
-  queued[#queued + 1] = f[1] or ''
-  queued[#queued + 1] = f[2] or ''
+local budget = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  depth = depth + redis.call('LLEN', KEYS[i])
+  if budget > 0 then
+    local ids = redis.call('LRANGE', KEYS[i], 0, budget - 1)
+    budget = budget - #ids
+    for _, id in ipairs(ids) do
+      local f = redis.call('HMGET', ARGV[3] .. id, 'kind', 'params')
+      queued[#queued + 1] = f[1] or ''
+      queued[#queued + 1] = f[2] or ''
+    end
+  end
 end
 local running = {}
 local caps = {}
-for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')) do
-  caps[#caps + 1] = redis.call('HGET', KEYS[3], w) or ''
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  caps[#caps + 1] = redis.call('HGET', KEYS[2], w) or ''
   for _, id in ipairs(redis.call('LRANGE', ARGV[4] .. w, 0, -1)) do
     local f = redis.call('HMGET', ARGV[3] .. id, 'state', 'kind', 'params', 'progress')
     if f[1] == 'running' then
@@ -107,7 +115,7 @@ class GaugeReader:
         lc = self.lifecycle
         depth, queued, running, caps = run(
             self.script,
-            [lc.queue.key, lc.workers_key, capabilities_key()],
+            [lc.workers_key, capabilities_key(), *lc.queue_keys()],
             [time.time(), self.scan, RECORD_PREFIX, f"{KEY_PREFIX}:held:"],
         )
         published = [info for raw in caps if isinstance(info := _json(_text(raw)), dict)]

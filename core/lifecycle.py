@@ -3,11 +3,18 @@
 ``Lifecycle`` holds a Redis client, the RQ queue (RQ is the transport: its job hash is the record, its list is
 the queue, its registries mirror the outcome) and the expiries, and turns each transition into one round trip:
 
-- ``submit``: RQ's public ``enqueue_job`` in one MULTI pipeline with the record's own fields (written by RQ's
-  own save, through ``ServiceJob``), the ``queued`` event and the tombstone; the queue position is the push's
-  reply;
-- ``view``: the record and, for a queued job, its queue position (``VIEW``);
-- ``start``, ``event``, ``finish``, ``requeue``, ``cancel``, ``recover``: the scripts of ``core.record``.
+- ``submit``: RQ's public ``enqueue_job`` (on the queue of the job's tenant and priority) in one MULTI pipeline
+  with the record's own fields (written by RQ's own save, through ``ServiceJob``), the ``queued`` event, the
+  tombstone and, where a worker needs waking (per-tenant queues, or a priority without a tenants file), a
+  ``PUBLISH`` of the queue's name on ``svc:submitted``; the queue position comes from the push's reply;
+- ``view``: the record and, for a queued job, its queue position under the fair-share policy (``VIEW``);
+- ``start`` (FIFO over one tenant's lists), ``claim_fair`` (deficit round robin over the tenants), ``event``,
+  ``finish``, ``requeue``, ``cancel``, ``recover``: the scripts of ``core.record``;
+- ``reserve``: a place in a tenant's ``max_queued`` counter; ``cache_claim`` and ``cache_answer``: the result cache.
+
+Queues (``core.tenants``): without a tenants file the queue of before (``QUEUE_NAME``) for normal priority, plus
+``QUEUE_NAME:high`` and ``QUEUE_NAME:low``; with one, ``QUEUE_NAME:<tenant>:high|normal|low``. RQ's registries
+(started, finished, failed, canceled) stay those of ``QUEUE_NAME`` for every job.
 
 Worker liveness: each worker renews its score in ``svc:workers:<queue>`` (``heartbeat``); a worker whose score
 is in the past is lost, and ``recover`` hands its jobs back (or fails them when no retry is left).
@@ -15,13 +22,14 @@ is in the past is lost, and ``recover`` hands its jobs back (or fails them when 
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from redis import Redis
+from redis import Redis, WatchError
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from rq import Queue
@@ -29,7 +37,16 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from core import events
-from core.protocol import JobState, cancel_channel, capabilities_key, held_key, tombstone_key, workers_key
+from core.protocol import (
+    KEY_PREFIX,
+    JobState,
+    cancel_channel,
+    capabilities_key,
+    held_key,
+    submitted_channel,
+    tombstone_key,
+    workers_key,
+)
 from core.record import (
     RECORD_PREFIX,
     RQ_STATUS,
@@ -45,6 +62,7 @@ from core.record import (
     run,
     utc_now,
 )
+from core.tenants import DEFAULT_TENANT, PRIORITIES, Tenants, queue_name
 
 
 class ServiceJob(Job):
@@ -63,6 +81,28 @@ class ServiceJob(Job):
 def service_queue(name: str, redis: Redis) -> Queue:
     """The RQ queue of the service's jobs."""
     return Queue(name, connection=redis, job_class=ServiceJob)
+
+
+QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:": a queue's list is QUEUE_PREFIX + its name
+
+
+def admitted_before(position: int, own_weight: float, others: Sequence[tuple[int, float]]) -> int:
+    """The jobs the fair-share claim admits before a job at index ``position`` of its tenant's lists: ``position``
+    plus, for each other tenant with ``(waiting jobs, weight)``, min(waiting, ceil((position + 1) * weight /
+    own_weight)). The same rule as the ``VIEW`` script's."""
+    ahead = position
+    for waiting, weight in others:
+        if waiting > 0:
+            ahead += min(waiting, math.ceil((position + 1) * weight / own_weight))
+    return ahead
+
+
+def tombstone_parts(text: str | None) -> tuple[str | None, str | None]:
+    """A tombstone's value as (``deleted`` or the submission's unix time, the tenant or None)."""
+    if text is None:
+        return None, None
+    what, _, tenant = text.partition(" ")
+    return what, tenant or None
 
 
 @dataclass(frozen=True)
@@ -87,9 +127,16 @@ class Lifecycle:
         result_ttl_s: int,
         tombstone_ttl_s: int,
         stream_maxlen: int = events.STREAM_MAXLEN,
+        tenants: Tenants | None = None,
     ) -> None:
         self.redis = redis
         self.queue = queue
+        self.tenants = tenants if tenants is not None else Tenants.single()
+        self.per_tenant = self.tenants.from_file
+        self._queues: dict[str, Queue] = {queue.name: queue}
+        self.fair_key = f"{KEY_PREFIX}:fair:{queue.name}"
+        self.view_args: list[str | float | int] = [QUEUE_PREFIX, queue.name, "1" if self.per_tenant else "0"]
+        self.view_args += [len(self.tenants), *(v for t in self.tenants for v in (t.name, t.weight))]
         self.result_ttl_s = result_ttl_s
         self.tombstone_ttl_s = tombstone_ttl_s
         self.maxlen = stream_maxlen
@@ -101,6 +148,34 @@ class Lifecycle:
             JobState.canceled: CanceledJobRegistry(queue=queue).key,
         }
         self.workers_key = workers_key(queue.name)
+
+    # -- queues -----------------------------------------------------------------------------------------------
+    def queue_for(self, tenant: str, priority: str) -> Queue:
+        """The RQ queue of a tenant's jobs of one priority (``core.tenants.queue_name``)."""
+        name = queue_name(self.queue.name, tenant, priority, per_tenant=self.per_tenant)
+        found = self._queues.get(name)
+        if found is None:
+            found = self._queues[name] = service_queue(name, self.redis)
+        return found
+
+    def lists_of(self, tenant: str) -> list[str]:
+        """The keys of a tenant's three queue lists, high first."""
+        return [self.queue_for(tenant, p).key for p in PRIORITIES]
+
+    def queue_keys(self) -> list[str]:
+        """Every queue list of the service (each tenant's three)."""
+        return [key for t in self.tenants for key in self.lists_of(t.name)]
+
+    def depth(self) -> int:
+        """Jobs waiting in every queue (one pipeline of LLENs)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.queue_keys():
+                pipe.llen(key)
+            return sum(int(n) for n in pipe.execute())
+
+    def counter_key(self, tenant: str) -> str:
+        """The tenant's ``max_queued`` counter: its jobs waiting or running (those submitted while it had a limit)."""
+        return f"{KEY_PREFIX}:queued:{self.queue.name}:{tenant}"
 
     # -- API side ---------------------------------------------------------------------------------------------
     def submit(
@@ -116,11 +191,17 @@ class Lifecycle:
         pipeline: Pipeline | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        priority: str = "normal",
+        counted: str | None = None,
+        cache_key: str | None = None,
     ) -> int:
-        """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI; returns its queue
-        position (0 = next). With ``pipeline``, the commands are added to it and -1 is returned (the caller
-        executes it)."""
-        job = self.queue.create_job(
+        """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI on the queue of its
+        tenant and priority; returns its queue position (0 = next): under the fair-share policy with a tenants file
+        (the LLENs it needs ride in the same MULTI), its index in its own list without one. With ``pipeline``, the
+        commands are added to it and -1 is returned (the caller executes it)."""
+        queue = self.queue_for(tenant, priority)
+        job = queue.create_job(
             func,
             kwargs={"params": dict(params)},
             job_id=job_id,
@@ -137,27 +218,53 @@ class Lifecycle:
             submitted=submitted,
             request_id=request_id,
             traceparent=traceparent,
+            tenant=tenant,
+            priority=priority,
+            counted=counted,
+            cache_key=cache_key,
         )
         pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=True)
         first = len(pipe.command_stack)
-        self.queue.enqueue_job(job, pipeline=pipe)
+        queue.enqueue_job(job, pipeline=pipe)
         push = next(
             (i for i in range(first, len(pipe.command_stack)) if pipe.command_stack[i][0][0] in ("RPUSH", "LPUSH")),
             None,
         )
         data = dumps({"status": JobState.queued.value})
         pipe.xadd(events.stream_key(job_id), {"event": "status", "data": data}, maxlen=self.maxlen, approximate=True)
-        pipe.set(tombstone_key(job_id), str(int(time.time())), ex=self.tombstone_ttl_s)
+        pipe.set(tombstone_key(job_id), f"{int(time.time())} {tenant}", ex=self.tombstone_ttl_s)
+        if self.per_tenant or priority != "normal":  # the workers wait on this (without a file: on the list)
+            pipe.publish(submitted_channel(), self.queue.name)
+        lengths = len(pipe.command_stack)
+        others: list[float] = []
+        if self.per_tenant:
+            own = self.lists_of(tenant)
+            for key in own[: PRIORITIES.index(priority)]:
+                pipe.llen(key)
+            for other in self.tenants:
+                if other.name != tenant:
+                    others.append(other.weight)
+                    for key in self.lists_of(other.name):
+                        pipe.llen(key)
         if pipeline is not None:
             return -1
         replies = pipe.execute()
-        return int(replies[push]) - 1 if push is not None else -1
+        if push is None:
+            return -1
+        position = int(replies[push]) - 1
+        if not self.per_tenant:
+            return position
+        rest = [int(n) for n in replies[lengths - first :]]
+        higher = PRIORITIES.index(priority)
+        position += sum(rest[:higher])
+        waiting = [sum(rest[higher + 3 * i : higher + 3 * i + 3]) for i in range(len(others))]
+        return admitted_before(position, self.tenants.get(tenant).weight, list(zip(waiting, others, strict=True)))
 
     def view(self, job_id: str) -> tuple[JobRecord | None, int | None, str | None]:
         """(the record or None, its queue position when queued, and for a missing record its tombstone: None if
         the id was never known, ``deleted`` if a client deleted the job, else the time it was submitted)."""
         values, position, tombstone = run(
-            self.scripts.view, [record_key(job_id), self.queue.key, tombstone_key(job_id)], [job_id, *VIEW_FIELDS]
+            self.scripts.view, [record_key(job_id), tombstone_key(job_id)], [job_id, *self.view_args, *VIEW_FIELDS]
         )
         return _viewed(job_id, values, position, tombstone)
 
@@ -186,31 +293,128 @@ class Lifecycle:
             [
                 record_key(job_id),
                 events.stream_key(job_id),
-                self.queue.key,
                 self.started_key,
                 *(self.registry_key[s] for s in (JobState.succeeded, JobState.failed, JobState.canceled)),
                 tombstone_key(job_id),
             ],
-            [job_id, self.tombstone_ttl_s, cancel_channel()],
+            [job_id, self.tombstone_ttl_s, cancel_channel(), QUEUE_PREFIX],
         )
         return _str(state)
 
+    def reserve(self, tenant: str, limit: int) -> str | None:
+        """A place for one more job of ``tenant`` in its ``max_queued`` counter: the counter's key (to record with
+        the job, whose end gives the place back), or None when it already has ``limit`` jobs waiting or running."""
+        key = self.counter_key(tenant)
+        return key if int(run(self.scripts.reserve, [key], [limit])) else None
+
+    def release(self, counted: str) -> None:
+        """Give a place back (a submission that failed after ``reserve``)."""
+        self.redis.decr(counted)
+
+    # -- the result cache ------------------------------------------------------------------------------------------
+    def cache_claim(self, cache_key: str, job_id: str, ttl_s: int) -> str | None:
+        """One command (``SET NX GET``): register ``job_id`` under ``cache_key`` when the key is free (None: a
+        miss, and this job is now the entry), else return the job the entry names (a hit if that job succeeded and
+        its record still exists: ``cache_answer``)."""
+        found = self.redis.set(cache_key, job_id, nx=True, get=True, ex=ttl_s)
+        return None if found is None else _str(found)
+
+    def cache_answer(self, record: JobRecord, source: str, cache_key: str, ttl_s: int) -> JobRecord | None:
+        """Answer ``record`` (a new job, not enqueued) from ``source``, the job its cache entry names: if the source
+        succeeded and its record exists, write ``record`` as a succeeded job showing the source's files, expiring
+        with the source, with its ``done`` event pushed (one transaction, watching the source's record), and return
+        it; else None (a miss): a source still queued or running keeps the entry, a failed or vanished one hands the
+        entry to ``record``."""
+        source_key = record_key(source)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(source_key)  # type: ignore[no-untyped-call]
+                state, files, main = pipe.hmget(source_key, ["state", "files", "main"])
+                ttl_ms = int(pipe.pttl(source_key))
+                if state is None or _str(state) != JobState.succeeded.value or ttl_ms <= 0:
+                    if state is None or _str(state) in (JobState.failed.value, JobState.canceled.value):
+                        pipe.multi()
+                        pipe.set(cache_key, record.id, ex=ttl_s)
+                        pipe.execute()
+                    return None
+                now = utc_now()
+                answered = replace(
+                    record,
+                    state=JobState.succeeded,
+                    started=now,
+                    finished=now,
+                    files=[_str(f) for f in _json_list(files)],
+                    main=_str(main) if main else None,
+                    source=source,
+                    cached=True,
+                    timings={"queued_s": 0.0, "run_s": 0.0},
+                )
+                fields = new_fields(
+                    kind=record.kind,
+                    func=record.func,
+                    params=record.params,
+                    retries=0,
+                    submitted=record.submitted,
+                    request_id=record.request_id,
+                    traceparent=record.traceparent,
+                    tenant=record.tenant,
+                    priority=record.priority,
+                )
+                fields.update(
+                    {
+                        "state": JobState.succeeded.value,
+                        "status": RQ_STATUS[JobState.succeeded.value],
+                        "origin": self.queue.name,
+                        "created_at": _rq_time(),
+                        "ended_at": _rq_time(),
+                        "started": now,
+                        "finished": now,
+                        "attempt": "0",
+                        "files": dumps(answered.files),
+                        "main": answered.main or "",
+                        "source": source,
+                        "cached": "1",
+                        "timings": dumps(answered.timings),
+                    }
+                )
+                stream = events.stream_key(record.id)
+                body = dumps(answered.body())
+                pipe.multi()
+                pipe.hset(record_key(record.id), mapping=dict[Any, Any](fields))
+                pipe.pexpire(record_key(record.id), ttl_ms)
+                pipe.xadd(stream, {"event": "done", "data": body}, maxlen=self.maxlen, approximate=True)
+                pipe.pexpire(stream, ttl_ms)
+                pipe.set(tombstone_key(record.id), f"{int(time.time())} {record.tenant}", ex=self.tombstone_ttl_s)
+                pipe.publish(events.CHANNEL, f"{record.id} - done {body}")
+                pipe.execute()
+            except WatchError:  # the source changed meanwhile (deleted, say): run the job instead
+                return None
+        return answered
+
     # -- worker side -------------------------------------------------------------------------------------------
     def claim(self, worker: str, timeout_s: float) -> str | None:
-        """Block up to ``timeout_s`` for the next queued job id, moved into the worker's held list (so that a
-        worker that dies right after still has it recovered); None when the queue stayed empty."""
+        """Block up to ``timeout_s`` for the next queued job id of the normal list of a deployment without tenants
+        file (``QUEUE_NAME``), moved into the worker's held list (so that a worker that dies right after still has it
+        recovered); None when the queue stayed empty."""
         value = self.redis.blmove(self.queue.key, held_key(worker), max(1, round(timeout_s)), "LEFT", "RIGHT")
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def start(self, worker: str, first: str | None, more: int) -> tuple[list[Started], list[tuple[str, str]]]:
-        """Start ``first`` (already held) and up to ``more`` further jobs from the queue, in one round trip.
-        Returns (the started jobs, [(id, state)] of the ids that were not startable)."""
+        """Start ``first`` (already held) and up to ``more`` further jobs, in one round trip: from the lists of the
+        one tenant of a deployment without a tenants file (high, normal, low), or by fair share across the tenants
+        of a tenants file (``claim_fair``). Returns (the started jobs, [(id, state)] of the ids not startable)."""
+        if self.per_tenant:
+            mode: list[str | float] = ["fair"]
+            for tenant in self.tenants:
+                mode += [tenant.name, tenant.weight, *self.lists_of(tenant.name)]
+        else:
+            mode = ["fifo", *self.lists_of(DEFAULT_TENANT)]
         now_iso = utc_now()
         replies = run(
             self.scripts.start,
-            [held_key(worker), self.queue.key, self.started_key],
+            [held_key(worker), self.started_key, self.fair_key],
             [
                 first or "",
                 more,
@@ -222,6 +426,7 @@ class Lifecycle:
                 events.CHANNEL,
                 RECORD_PREFIX,
                 events.STREAM_PREFIX,
+                *mode,
             ],
         )
         started, skipped = [], []
@@ -237,6 +442,10 @@ class Lifecycle:
             else:
                 skipped.append((job_id, _str(entry[2])))
         return started, skipped
+
+    def claim_fair(self, worker: str, room: int) -> tuple[list[Started], list[tuple[str, str]]]:
+        """Claim and start up to ``room`` jobs by fair share across the tenants (``start`` with no first job)."""
+        return self.start(worker, None, room)
 
     def event(
         self, job_id: str, attempt: int, event: str, data: Mapping[str, Any], *, progress: Mapping[str, Any] | None
@@ -291,7 +500,6 @@ class Lifecycle:
                 record_key(record.id),
                 events.stream_key(record.id),
                 held,
-                self.queue.key,
                 self.started_key,
                 self.registry_key[state],
             ],
@@ -306,6 +514,7 @@ class Lifecycle:
                 dumps(dict(progress_event)) if progress_event else "",
                 dumps(body),
                 guard,
+                QUEUE_PREFIX,
                 *flat_pairs(fields),
             ],
         )
@@ -317,8 +526,8 @@ class Lifecycle:
         return int(
             run(
                 self.scripts.requeue,
-                [record_key(job_id), events.stream_key(job_id), held_key(worker), self.queue.key, self.started_key],
-                [job_id, worker, "1" if consume_retry else "0", self.maxlen, events.CHANNEL],
+                [record_key(job_id), events.stream_key(job_id), held_key(worker), self.started_key],
+                [job_id, worker, "1" if consume_retry else "0", self.maxlen, events.CHANNEL, QUEUE_PREFIX],
             )
         )
 
@@ -347,8 +556,8 @@ class Lifecycle:
         to be handed back with ``requeue(consume_retry=True)`` or failed). [] if it turned out alive."""
         ids = run(
             self.scripts.recover,
-            [self.workers_key, held_key(worker), self.queue.key],
-            [worker, time.time(), RECORD_PREFIX],
+            [self.workers_key, held_key(worker)],
+            [worker, time.time(), RECORD_PREFIX, QUEUE_PREFIX],
         )
         if not ids:
             return []
@@ -360,15 +569,15 @@ class AsyncRecords:
     """The reads of the API's hot paths (a poll, a download) on an asyncio Redis client: one round trip each, on
     the event loop, without a thread hop."""
 
-    def __init__(self, aredis: AsyncRedis, queue: Queue) -> None:
+    def __init__(self, aredis: AsyncRedis, lifecycle: Lifecycle) -> None:
         self.aredis = aredis
-        self.queue_key = queue.key
+        self.view_args = list(lifecycle.view_args)
         self._view = aredis.register_script(VIEW)
 
     async def view(self, job_id: str) -> tuple[JobRecord | None, int | None, str | None]:
         """As ``Lifecycle.view``."""
         values, position, tombstone = await self._view(
-            keys=[record_key(job_id), self.queue_key, tombstone_key(job_id)], args=[job_id, *VIEW_FIELDS]
+            keys=[record_key(job_id), tombstone_key(job_id)], args=[job_id, *self.view_args, *VIEW_FIELDS]
         )
         return _viewed(job_id, values, position, tombstone)
 
@@ -386,6 +595,16 @@ def _viewed(
     record = JobRecord.from_hash(job_id, mapping) if mapping else None
     known = None if record is not None or tombstone in (None, False) else _str(tombstone)
     return record, (int(position) if position is not None and position is not False else None), known
+
+
+def _json_list(value: Any) -> list[Any]:
+    import json
+
+    try:
+        out = json.loads(_str(value)) if value else []
+    except ValueError:
+        return []
+    return out if isinstance(out, list) else []
 
 
 def _rq_time() -> str:

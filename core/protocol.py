@@ -14,6 +14,10 @@ hash, ``core.record``; the operations and the dotted names of their job function
 | ``svc:held:<worker>`` | list | the jobs a worker holds (claimed, running or being committed) |
 | ``svc:capabilities`` | hash | worker name -> what it serves, and why not the rest (JSON) |
 | ``svc:cancels`` | pub/sub channel | the id of each job whose cancel was requested while it ran |
+| ``svc:submitted`` | pub/sub channel | the base queue name, once per job submitted to a list the workers do not block on (``core.lifecycle``) |
+| ``svc:fair:<queue>`` | hash | the fair-share claim's state: whose turn it is and each tenant's deficit (``core.record.START``) |
+| ``svc:queued:<queue>:<tenant>`` | string | a tenant's jobs waiting or running, for its ``max_queued`` |
+| ``svc:cache:<key>`` | string | result cache: request key -> the job registered for it (``app.cache``) |
 """
 
 from __future__ import annotations
@@ -105,6 +109,18 @@ def workers_key(queue: str) -> str:
 def held_key(worker: str) -> str:
     """List of the job ids a worker holds: claimed from the queue and not yet committed."""
     return f"{KEY_PREFIX}:held:{worker}"
+
+
+def submitted_channel() -> str:
+    """Pub/sub channel on which a submission announces its base queue's name when the job went to a list the idle
+    workers do not block on (every job with a tenants file; a high or low priority one without): one subscription
+    per worker wakes its claim."""
+    return f"{KEY_PREFIX}:submitted"
+
+
+def cache_key(digest: str) -> str:
+    """The result cache's entry of a request (``digest``: the SHA-256 of what determines its output)."""
+    return f"{KEY_PREFIX}:cache:{digest}"
 
 
 def cancel_channel() -> str:

@@ -25,6 +25,14 @@ Service fields (strings; JSON where marked):
 | ``timings`` | JSON: ``queued_s``, ``run_s``, ``model_s`` |
 | ``request_id`` | the ``X-Request-ID`` of the submission (the worker's log lines about the job carry it) |
 | ``traceparent`` | W3C trace context of the submission's span, when tracing is on (``core.tracing``) |
+| ``tenant`` | the tenant that submitted it (``default`` without a tenants file); only that tenant's keys see it |
+| ``priority`` | ``high`` or ``low`` (absent: ``normal``): its place among its tenant's queued jobs |
+| ``counted`` | the tenant's ``max_queued`` counter it holds a place in (only for a tenant with a limit): the terminal transition and a delete give it back |
+| ``cache_key`` | the result cache entry it registered (a seeded job): a failure, cancel or delete removes the entry if it is still this job's |
+| ``source``, ``cached`` | of a job answered from the result cache: the job whose files it shows, and ``1`` |
+
+RQ's ``origin`` (the name of the RQ queue it was enqueued on: the tenant's queue of its priority) tells every script
+which list the job waits in (``queue_prefix`` + origin).
 
 Transitions:
 
@@ -86,6 +94,12 @@ FIELDS = (
     "timings",
     "request_id",
     "traceparent",
+    "tenant",
+    "priority",
+    "counted",
+    "cache_key",
+    "source",
+    "cached",
 )
 
 
@@ -153,6 +167,12 @@ class JobRecord:
     timeout_s: float | None = None  # RQ's ``timeout`` field: the job's time limit
     request_id: str | None = None
     traceparent: str | None = None
+    tenant: str = "default"
+    priority: str = "normal"
+    counted: str | None = None
+    cache_key: str | None = None
+    source: str | None = None  # a cached job: the job whose files it shows
+    cached: bool = False
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord | None:
@@ -185,9 +205,20 @@ class JobRecord:
             timeout_s=float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None,
             request_id=values.get("request_id") or None,
             traceparent=values.get("traceparent") or None,
+            tenant=values.get("tenant") or "default",
+            priority=values.get("priority") or "normal",
+            counted=values.get("counted") or None,
+            cache_key=values.get("cache_key") or None,
+            source=values.get("source") or None,
+            cached=values.get("cached") == "1",
         )
 
-    def body(self, position: int | None = None) -> dict[str, Any]:
+    @property
+    def files_of(self) -> str:
+        """The job whose stored objects hold this job's files: itself, or the source of a cached job."""
+        return self.source or self.id
+
+    def body(self, position: int | None = None, eta_s: float | None = None) -> dict[str, Any]:
         """The job as ``GET /jobs/{id}`` shows it (``app.schemas.JobBody`` documents it)."""
         state = self.state
         succeeded = state is JobState.succeeded
@@ -198,6 +229,8 @@ class JobRecord:
             "status": state.value,
             "progress": self.progress if state is not JobState.queued else None,
             "queue_position": position if state is JobState.queued else None,
+            "eta_s": eta_s if state is JobState.queued else None,
+            "priority": self.priority,
             "created_at": self.submitted,
             "started_at": self.started if state is not JobState.queued else None,
             "finished_at": self.finished if state.terminal else None,
@@ -209,6 +242,8 @@ class JobRecord:
             "cancel_requested": self.cancel,
             "attempts": max(self.attempt, 1),
             "request_id": self.request_id,
+            "cached": self.cached,
+            "source": self.source,
         }
 
 
@@ -224,8 +259,13 @@ def new_fields(
     submitted: str | None = None,
     request_id: str | None = None,
     traceparent: str | None = None,
+    tenant: str = "default",
+    priority: str = "normal",
+    counted: str | None = None,
+    cache_key: str | None = None,
 ) -> dict[str, str]:
-    """The service's fields of a new record (state queued), written with RQ's own at enqueue."""
+    """The service's fields of a new record (state queued), written with RQ's own at enqueue (in the one HSET: the
+    optional ones cost no command)."""
     fields = {
         "state": JobState.queued.value,
         "kind": kind,
@@ -239,6 +279,13 @@ def new_fields(
         fields["request_id"] = request_id
     if traceparent:
         fields["traceparent"] = traceparent
+    fields["tenant"] = tenant
+    if priority != "normal":
+        fields["priority"] = priority
+    if counted:
+        fields["counted"] = counted
+    if cache_key:
+        fields["cache_key"] = cache_key
     return fields
 
 
@@ -246,12 +293,19 @@ def new_fields(
 
 _TERMINAL_LUA = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n"
 
-# KEYS: held list of the worker, RQ queue, RQ started registry.
-# ARGV: job id already moved into the held list ('' = none), how many more to take from the queue, worker name,
-#       now (ISO), now (RQ's format), started-registry score, stream maxlen, events channel, record prefix,
-#       stream prefix.
+# KEYS: held list of the worker, RQ started registry, fair-share state (hash; a claim by fair share only).
+# ARGV: job id already moved into the held list ('' = none), how many more to take, worker name, now (ISO), now (RQ's
+#       format), started-registry score, stream maxlen, events channel, record prefix, stream prefix, then the mode:
+#       'fifo' followed by the lists to take from in order (one tenant: its high, normal and low lists), or 'fair'
+#       followed by one group per tenant: name, weight, its high, normal and low lists.
 # Returns one entry per job taken: {id, 1, HMGET of START_FIELDS after the start} for a started job, or
 # {id, 0, state} for one that is not startable (canceled while being claimed, deleted, not the service's).
+#
+# 'fair' is deficit round robin over the tenants with waiting jobs (quantum: weight jobs a turn), shared by every
+# worker through the state hash: 'turn' (whose turn it is), 'started' ('1': that turn already got its quantum) and
+# 'd:<tenant>' (deficits). A claim with less room than a turn's deficit leaves the turn to go on at the next claim;
+# a tenant whose lists are empty loses its deficit. Inside a tenant, LMPOP takes from its first non-empty list
+# (high, normal, low), FIFO.
 START_FIELDS = (
     "state",
     "attempt",
@@ -264,6 +318,7 @@ START_FIELDS = (
     "timeout",
     "request_id",
     "traceparent",
+    "tenant",
 )
 START = (
     _TERMINAL_LUA
@@ -272,7 +327,7 @@ local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
   local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
-    'cancel', 'timeout', 'request_id', 'traceparent')
+    'cancel', 'timeout', 'request_id', 'traceparent', 'tenant')
   if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
     out[#out + 1] = {id, 0, f[1] or ''}
@@ -284,16 +339,78 @@ local function start(id)
   local data = '{"status":"running","attempt":' .. attempt .. '}'
   local sid = redis.call('XADD', ARGV[10] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event', 'status', 'data', data)
   redis.call('PUBLISH', ARGV[8], id .. ' ' .. sid .. ' status ' .. data)
-  redis.call('ZADD', KEYS[3], ARGV[6], id .. ':a' .. attempt)
+  redis.call('ZADD', KEYS[2], ARGV[6], id .. ':a' .. attempt)
   f[1], f[2] = 'running', tostring(attempt)
   out[#out + 1] = {id, 1, f}
 end
+local function fifo(room)
+  local args = {#ARGV - 11}
+  for i = 12, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'LEFT'
+  args[#args + 1] = 'COUNT'
+  local taken = {}
+  while #taken < room do
+    args[#ARGV - 7] = room - #taken
+    local more = redis.call('LMPOP', unpack(args))
+    if not more then break end
+    for _, id in ipairs(more[2]) do taken[#taken + 1] = id end
+  end
+  return taken
+end
+local function fair(room)
+  local names, weights, lists, at = {}, {}, {}, {}
+  for i = 12, #ARGV, 5 do
+    local k = #names + 1
+    names[k], weights[k] = ARGV[i], tonumber(ARGV[i + 1])
+    lists[k] = {ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]}
+    at[ARGV[i]] = k
+  end
+  local n = #names
+  local state = redis.call('HGETALL', KEYS[3])
+  local saved = {}
+  for i = 1, #state, 2 do saved[state[i]] = state[i + 1] end
+  local d = {}
+  for k = 1, n do d[k] = tonumber(saved['d:' .. names[k]] or '0') end
+  local t = at[saved['turn'] or ''] or 1
+  local started = saved['started'] == '1' and at[saved['turn'] or ''] ~= nil
+  local taken, empty, nempty = {}, {}, 0
+  for _ = 1, 100000 do
+    if #taken >= room or nempty >= n then break end
+    if not empty[t] then
+      if not started then d[t] = d[t] + weights[t]; started = true end
+      while d[t] >= 1 and #taken < room do
+        local got = redis.call('LMPOP', 3, lists[t][1], lists[t][2], lists[t][3], 'LEFT', 'COUNT',
+          math.min(math.floor(d[t]), room - #taken))
+        if not got then
+          empty[t] = true
+          nempty = nempty + 1
+          d[t] = 0
+          break
+        end
+        for _, id in ipairs(got[2]) do taken[#taken + 1] = id end
+        d[t] = d[t] - #got[2]
+      end
+      if #taken >= room and not empty[t] and d[t] >= 1 then break end
+    end
+    t = t % n + 1
+    started = false
+  end
+  local fields = {'turn', names[t], 'started', started and '1' or '0'}
+  for k = 1, n do
+    fields[#fields + 1] = 'd:' .. names[k]
+    fields[#fields + 1] = tostring(d[k])
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
+  return taken
+end
 if ARGV[1] ~= '' then start(ARGV[1]) end
-if tonumber(ARGV[2]) > 0 then
-  local more = redis.call('LMPOP', 1, KEYS[2], 'LEFT', 'COUNT', ARGV[2])
-  if more then
-    redis.call('RPUSH', KEYS[1], unpack(more[2]))
-    for _, id in ipairs(more[2]) do start(id) end
+local room = tonumber(ARGV[2])
+if room > 0 then
+  local ids
+  if ARGV[11] == 'fair' then ids = fair(room) else ids = fifo(room) end
+  if #ids > 0 then
+    redis.call('RPUSH', KEYS[1], unpack(ids))
+    for _, id in ipairs(ids) do start(id) end
   end
 end
 return out
@@ -311,16 +428,18 @@ redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. id .. ' ' .. ARGV[2] .. ' ' .. 
 return id
 """
 
-# KEYS: record, stream, held list of the worker, RQ queue, RQ started registry, RQ registry of the outcome.
+# KEYS: record, stream, held list of the worker, RQ started registry, RQ registry of the outcome.
 # ARGV: job id, state, RQ status, ttl, registry score, stream maxlen, events channel, progress data ('' = none),
-#       done data, guard, then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only a queued
-#       one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only while <name> runs it.
+#       done data, guard, queue prefix, then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only
+#       a queued one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only while <name> runs it.
+# A queued job leaves its queue (queue prefix .. its RQ ``origin``); a job that holds a place in its tenant's
+# ``max_queued`` counter gives it back; one that did not succeed drops its result cache entry if it is still its own.
 # Returns 1, 0 if the guard refused (another transition came first), or -1 if the record is gone (the job was
 # deleted meanwhile: the caller removes what it stored for it).
 FINISH = (
     _TERMINAL_LUA
     + """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt', 'origin', 'counted', 'cache_key')
 local st = cur[1]
 if not st then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
@@ -331,9 +450,9 @@ local guard = ARGV[10]
 if guard == 'queued' and st ~= 'queued' then return 0 end
 if string.sub(guard, 1, 7) == 'worker:' and (st ~= 'running' or cur[2] ~= string.sub(guard, 8)) then return 0 end
 if string.sub(guard, 1, 8) == 'attempt:' and cur[3] ~= string.sub(guard, 9) then return 0 end
-if st == 'queued' then redis.call('LREM', KEYS[4], 0, ARGV[1]) end
+if st == 'queued' and cur[4] then redis.call('LREM', ARGV[11] .. cur[4], 0, ARGV[1]) end
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], unpack(fields))
 if ARGV[8] ~= '' then
   local pid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'progress', 'data', ARGV[8])
@@ -345,19 +464,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if st == 'running' then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1] .. ':a' .. (cur[3] or ''))
+  redis.call('ZREM', KEYS[4], ARGV[1] .. ':a' .. (cur[3] or ''))
 end
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+if cur[5] then redis.call('DECR', cur[5]) end
+if cur[6] and ARGV[2] ~= 'succeeded' and redis.call('GET', cur[6]) == ARGV[1] then redis.call('DEL', cur[6]) end
 return 1
 """
 )
 
-# KEYS: record, stream, held list of the worker, RQ queue, RQ started registry.
+# KEYS: record, stream, held list of the worker, RQ started registry.
 # ARGV: job id, worker name (guard: the job must be running on it), consume a retry ('1' or '0'), stream maxlen,
-#       events channel.
-# Returns 1 when the job is back at the head of the queue, 0 if the guard refused, -1 if no retry was left.
+#       events channel, queue prefix.
+# Returns 1 when the job is back at the head of its queue, 0 if the guard refused, -1 if no retry was left.
 REQUEUE = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'retries', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'retries', 'attempt', 'origin')
 if not cur[1] then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
   return 0
@@ -373,8 +494,8 @@ local data = '{"status":"queued"}'
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'status', 'data', data)
 redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. id .. ' status ' .. data)
 redis.call('LREM', KEYS[3], 1, ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1] .. ':a' .. (cur[4] or ''))
-redis.call('LPUSH', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1] .. ':a' .. (cur[4] or ''))
+redis.call('LPUSH', ARGV[6] .. cur[5], ARGV[1])
 return 1
 """
 
@@ -389,9 +510,9 @@ end
 return st or ''
 """
 
-# KEYS: live workers (sorted set), held list of the worker, RQ queue.
-# ARGV: worker name, now (unix seconds), record prefix.
-# A worker whose heartbeat expired: its claimed-but-not-started jobs go back to the head of the queue, and the
+# KEYS: live workers (sorted set), held list of the worker.
+# ARGV: worker name, now (unix seconds), record prefix, queue prefix.
+# A worker whose heartbeat expired: its claimed-but-not-started jobs go back to the head of their queues, and the
 # ids of the jobs it was running are returned (the caller hands each back or fails it); false if it is alive.
 RECOVER = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -401,46 +522,95 @@ local running = {}
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = #ids, 1, -1 do
   local id = ids[i]
-  local st = redis.call('HGET', ARGV[3] .. id, 'state')
-  if st == 'running' then
+  local f = redis.call('HMGET', ARGV[3] .. id, 'state', 'origin')
+  if f[1] == 'running' then
     running[#running + 1] = id
   else
     redis.call('LREM', KEYS[2], 0, id)
-    if st == 'queued' then redis.call('LPUSH', KEYS[3], id) end
+    if f[1] == 'queued' and f[2] then redis.call('LPUSH', ARGV[4] .. f[2], id) end
   end
 end
 return running
 """
 
-# KEYS: record, RQ queue, tombstone. ARGV: job id, then the fields to read (``VIEW_FIELDS``).
+# KEYS: record, tombstone.
+# ARGV: job id, queue prefix, base queue name, '1' with a tenants file (per-tenant queues) else '0', the number of
+#       tenants N, N pairs (tenant, weight), then the fields to read (``VIEW_FIELDS``: state, tenant, priority first).
 # Returns {the fields' values (HMGET), its queue position or false, the tombstone's value (false: none) or 1}.
+# The queue position of a queued job is how many jobs the fair-share claim admits before it: p (its index in its
+# tenant's lists, high then normal then low) plus, for every other tenant t with waiting jobs,
+# min(len_t, ceil((p + 1) * w_t / w_own)). False for a job claimed by a worker and not yet started.
 VIEW = """
+local first = 6 + 2 * tonumber(ARGV[5])
 local names = {}
-for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+for i = first, #ARGV do names[#names + 1] = ARGV[i] end
 local values = redis.call('HMGET', KEYS[1], unpack(names))
 local st = values[1]
-if not st then return {values, false, redis.call('GET', KEYS[3])} end
-local pos = false
-if st == 'queued' then pos = redis.call('LPOS', KEYS[2], ARGV[1]) end
-return {values, pos, 1}
+if not st then return {values, false, redis.call('GET', KEYS[2])} end
+if st ~= 'queued' then return {values, false, 1} end
+local function lists(tenant)
+  local q = ARGV[2] .. ARGV[3]
+  if ARGV[4] == '1' then return {q .. ':' .. tenant .. ':high', q .. ':' .. tenant .. ':normal', q .. ':' .. tenant .. ':low'} end
+  return {q .. ':high', q, q .. ':low'}
+end
+local own, prio = values[2] or 'default', values[3] or 'normal'
+local rank = ({high = 1, normal = 2, low = 3})[prio] or 2
+local mine = lists(own)
+local p = 0
+for i = 1, rank - 1 do p = p + redis.call('LLEN', mine[i]) end
+local at = redis.call('LPOS', mine[rank], ARGV[1])
+if not at then return {values, false, 1} end
+p = p + at
+local ahead = p
+local weight = {}
+for i = 6, first - 1, 2 do weight[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local wown = weight[own] or 1
+for i = 6, first - 1, 2 do
+  local t = ARGV[i]
+  if t ~= own then
+    local len = 0
+    for _, k in ipairs(lists(t)) do len = len + redis.call('LLEN', k) end
+    if len > 0 then ahead = ahead + math.min(len, math.ceil((p + 1) * weight[t] / wown)) end
+  end
+end
+return {values, ahead, 1}
 """
-VIEW_FIELDS = (*FIELDS, "timeout")  # "state" first: the script reads it
+#: What ``VIEW`` reads (state, tenant and priority first: the script reads them), and RQ's ``timeout``.
+VIEW_FIELDS = ("state", "tenant", "priority", *(f for f in FIELDS if f not in ("state", "tenant", "priority")), "timeout")
 
-# KEYS: record, stream, RQ queue, RQ started, finished, failed and canceled registries, tombstone.
-# ARGV: job id, tombstone ttl, cancel channel.
+# KEYS: record, stream, RQ started, finished, failed and canceled registries, tombstone.
+# ARGV: job id, tombstone ttl, cancel channel, queue prefix.
 # Removes the job from Redis (its record, events, queue entry and RQ registry entries), leaves a tombstone that
-# says so, and tells the workers to stop it if it runs. Returns the state it was in ('' if none).
-DELETE = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
-redis.call('LREM', KEYS[3], 0, ARGV[1])
+# says so (with the tenant: another tenant's key still gets 404), gives back its place in its tenant's ``max_queued``
+# counter if it had not ended, drops its result cache entry if it is its own, and tells the workers to stop it if it
+# runs. Returns the state it was in ('' if none).
+DELETE = (
+    _TERMINAL_LUA
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'origin', 'counted', 'cache_key', 'tenant')
+if cur[3] then redis.call('LREM', ARGV[4] .. cur[3], 0, ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[4], ARGV[1] .. ':a' .. (cur[2] or ''))
+redis.call('ZREM', KEYS[3], ARGV[1] .. ':a' .. (cur[2] or ''))
+redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('ZREM', KEYS[7], ARGV[1])
-redis.call('SET', KEYS[8], 'deleted', 'EX', ARGV[2])
+redis.call('SET', KEYS[7], 'deleted ' .. (cur[6] or 'default'), 'EX', ARGV[2])
 if cur[1] == 'running' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+if cur[4] and cur[1] and not terminal(cur[1]) then redis.call('DECR', cur[4]) end
+if cur[5] and redis.call('GET', cur[5]) == ARGV[1] then redis.call('DEL', cur[5]) end
 return cur[1] or ''
+"""
+)
+
+# KEYS: the tenant's counter. ARGV: its max_queued.
+# Takes a place for one more job of the tenant (waiting or running); 0 when it already has max_queued of them.
+RESERVE = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+return n
 """
 
 
@@ -456,6 +626,7 @@ class Scripts:
         self.recover = redis.register_script(RECOVER)
         self.view = redis.register_script(VIEW)
         self.delete = redis.register_script(DELETE)
+        self.reserve = redis.register_script(RESERVE)
 
 
 def run(script: Script, keys: Sequence[str], args: Sequence[Any], client: Redis | Pipeline | None = None) -> Any:

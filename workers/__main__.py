@@ -27,12 +27,14 @@ from core import logs, tracing
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
 from core.store import ResultStore, StoreUnavailable, open_store
+from core.tenants import load_tenants
 from workers import registry as model_registry
 from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
 from workers.context import WorkerEnv
 from workers.loop import CLAIM_BLOCK_S, JobPool, WorkLoop
 from workers.telemetry import WorkerTelemetry, model_namer
+from workers.wakeups import Wakeups
 
 log = logging.getLogger("workers")
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     logs.configure(settings.log_level, settings.log_format)
+    tenants = load_tenants(settings.tenants_file)  # TenantsFileError: refuse to start on a bad file
     tracing.setup(settings.otel_exporter_otlp_endpoint, "diffusion-worker")
     telemetry = WorkerTelemetry.create(settings.worker_metrics_port)
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -89,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     redis = connect(settings)
     queue = service_queue(settings.queue_name, redis)
-    lifecycle = Lifecycle(redis, queue, result_ttl_s=settings.result_ttl_s, tombstone_ttl_s=settings.tombstone_ttl_s)
+    lifecycle = Lifecycle(
+        redis, queue, result_ttl_s=settings.result_ttl_s, tombstone_ttl_s=settings.tombstone_ttl_s, tenants=tenants
+    )
     store = open_store(settings)
     cancels = CancelWatch(redis)
+    wakeups = Wakeups(redis, queue.name)
     env = WorkerEnv(
         name=name,
         settings=settings,
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         batcher=batcher,
         cancels=cancels,
         telemetry=telemetry,
+        tenants=tenants,
     )
     loop = WorkLoop(
         env,
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_s=settings.worker_shutdown_s,
         describe=registry.describe,
         pool=pool,
+        wakeups=wakeups,
     )
     if telemetry.metrics is not None and settings.worker_metrics_port is not None:
         telemetry.metrics.models(registry.describe())
@@ -141,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         target=_sweeper, args=(store, settings.result_ttl_s, sweeping, settings.results_sweep_s), daemon=True
     ).start()
     cancels.start()
+    wakeups.start()
     log.info(
-        "worker %s ready on queue %r with %s; %s",
+        "worker %s ready on queue %r%s with %s; %s",
         name,
         settings.queue_name,
+        f" for {len(tenants)} tenants (fair share)" if tenants.from_file else "",
         registry.operations(),
         f"batching up to {settings.max_inflight_jobs} jobs, {settings.max_batch_rows} rows a forward"
         if batcher is not None
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sweeping.set()
         cancels.stop()
+        wakeups.stop()
         if batcher is not None:
             batcher.stop()
     return 0

@@ -46,6 +46,7 @@ from core.operations import OPERATIONS, OperationParams
 from core.protocol import JobCanceled, JobError, JobInterrupted, JobState
 from core.record import JobRecord, parse_time, utc_now
 from core.settings import Settings
+from core.tenants import Tenants
 from models.driver import DeadlineExceeded, Runner, drive
 from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
@@ -94,6 +95,7 @@ class WorkerEnv:
     cancels: CancelWatch | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)  # set: hand the jobs back now
     telemetry: WorkerTelemetry = field(default_factory=WorkerTelemetry)  # step times, metrics (workers.telemetry)
+    tenants: Tenants = field(default_factory=Tenants.single)  # the weights of the step driver's fair share
 
 
 class JobContext(Generic[P]):
@@ -128,10 +130,16 @@ class JobContext(Generic[P]):
 
     @property
     def runner(self) -> Runner:
-        """Runs the job's sampling requests: the worker's batcher (shared forwards) or alone, with the job's
-        deadline enforced by the step driver."""
+        """Runs the job's sampling requests: the worker's batcher (shared forwards, with the job's tenant and its
+        weight as its share of a full forward) or alone, with the job's deadline enforced by the step driver."""
         if self.env.batcher is not None:
-            return functools.partial(self.env.batcher.run, deadline=self.deadline)
+            tenant = self.record.tenant
+            return functools.partial(
+                self.env.batcher.run,
+                deadline=self.deadline,
+                group=tenant,
+                weight=self.env.tenants.get(tenant).weight,
+            )
         return functools.partial(drive, deadline=self.deadline, on_forward=self.env.telemetry.forwards.on_forward)
 
     @property

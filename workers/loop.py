@@ -4,9 +4,13 @@ RQ is the transport (its queue list, its job hash as the job record, its registr
 outcome), used through its public API and the record's scripts (``core.lifecycle``). The loop is the service's,
 as vLLM and cog own theirs, because a worker with many jobs in flight needs what RQ's worker does not give:
 
-- **claim**: with room for more jobs, it blocks up to ``CLAIM_BLOCK_S`` for the next job (``BLMOVE`` into its
-  held list, so a job is never only in flight in memory), then starts it and up to ``room - 1`` more in one
-  round trip (``START``);
+- **claim**: with room for more jobs, it moves jobs into its held list (so a job is never only in flight in
+  memory) and starts them in one round trip (``START``). Without a tenants file it blocks up to ``CLAIM_BLOCK_S``
+  for the next job of the normal list (``BLMOVE``), then starts it and up to ``room - 1`` more; when the last claim
+  filled its room, or a job of another priority was announced (``workers.wakeups``), it takes the waiting jobs
+  in priority order without blocking. With a tenants file it claims by fair share across the tenants (deficit
+  round robin, ``core.record.START``) when a submission is announced, when its last claim filled its room and room
+  opens again, and at least once every ``CLAIM_BLOCK_S`` while it has room;
 - **run**: each job runs on one of ``max_inflight`` job threads (a fixed pool fed by a queue); its sampling
   requests meet in the batcher; its deadline is enforced between steps by the step driver; its outcome is
   committed by one script that pushes its ``done`` event. A commit that cannot reach Redis is retried with
@@ -41,6 +45,8 @@ from core.lifecycle import Started
 from core.protocol import JobState, held_key
 from core.record import JobRecord, utc_now
 from workers.context import Outcome, WorkerEnv, execute
+from workers.telemetry import TENANT
+from workers.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,7 @@ class WorkLoop:
         shutdown_s: float,
         describe: Callable[[], dict[str, Any]] | None = None,
         pool: JobPool | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         if dead_after_s <= heartbeat_s:
             raise ValueError("dead_after_s must exceed heartbeat_s")
@@ -128,6 +135,9 @@ class WorkLoop:
         self._maintenance_rounds = 0
         self._redis_down_since: float | None = None
         self._shutdown_deadline: float | None = None  # past it, commits stop retrying
+        self.wakeups = wakeups  # announced submissions (None: without a subscription, the loop polls)
+        self._backlog = False  # the last claim took all it asked for: more may wait
+        self._last_claim = -1e9
         self.jobs_run = 0
 
     # -- control ------------------------------------------------------------------------------------------------
@@ -137,6 +147,8 @@ class WorkLoop:
         if now:
             self._stop_now.set()
         self._ended.set()
+        if self.wakeups is not None:
+            self.wakeups.nudge()
 
     @property
     def inflight(self) -> int:
@@ -167,24 +179,61 @@ class WorkLoop:
             self._shut_down()
         return self.jobs_run
 
+    def _announced(self) -> bool:
+        return self.wakeups is not None and self.wakeups.take()
+
     def _claim(self, room: int, *, burst: bool) -> list[Started]:
+        if self.lifecycle.per_tenant:
+            return self._claim_fair(room, burst=burst)
         try:
-            began = time.monotonic()
-            first = None if burst else self.lifecycle.claim(self.name, CLAIM_BLOCK_S)
-            if first is None and not burst:
-                return []
-            # A claim that had to wait took the first job of a new arrival: the queue was empty a moment ago, so
-            # asking for more would most likely cost a command for nothing; the loop comes back at once anyway.
-            more = room - 1 if burst or time.monotonic() - began < QUEUE_WAS_BUSY_S else 0
+            if not burst and (self._backlog or self._announced()):
+                # jobs may wait beyond what the last claim took, or in a list BLMOVE does not watch (high, low):
+                # take them in priority order without blocking
+                first, more = None, room
+            else:
+                began = time.monotonic()
+                first = None if burst else self.lifecycle.claim(self.name, CLAIM_BLOCK_S)
+                if first is None and not burst:
+                    return []
+                # A claim that had to wait took the first job of a new arrival: the queue was empty a moment ago,
+                # so asking for more would most likely cost a command for nothing; the loop comes back at once.
+                more = room - 1 if burst or time.monotonic() - began < QUEUE_WAS_BUSY_S else 0
+                more += 1 if first is None else 0
             if self._stop.is_set():
                 if first is not None:  # claimed while stopping: straight back to the queue
                     self.lifecycle.redis.lmove(held_key(self.name), self.lifecycle.queue.key, "RIGHT", "LEFT")
                 return []
-            started, skipped = self.lifecycle.start(self.name, first, more + (1 if first is None else 0))
+            started, skipped = self.lifecycle.start(self.name, first, more)
+            self._backlog = more > 0 and len(started) + len(skipped) - (first is not None) >= more
             self._redis_ok()
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return []
+        return self._took(started, skipped)
+
+    def _claim_fair(self, room: int, *, burst: bool) -> list[Started]:
+        """With a tenants file: claim by fair share when a job was announced, when the last claim filled its room,
+        or once a poll interval has passed; otherwise wait for an announcement (at most that interval)."""
+        waited = time.monotonic() - self._last_claim
+        if not (burst or self._backlog or self._announced() or waited >= CLAIM_BLOCK_S):
+            if self.wakeups is not None:
+                self.wakeups.wait(CLAIM_BLOCK_S - waited)
+            else:
+                self._stop.wait(CLAIM_BLOCK_S - waited)
+            return []
+        self._last_claim = time.monotonic()
+        if self._stop.is_set():
+            return []
+        try:
+            started, skipped = self.lifecycle.claim_fair(self.name, room)
+            self._backlog = len(started) + len(skipped) >= room
+            self._redis_ok()
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            return []
+        return self._took(started, skipped)
+
+    def _took(self, started: list[Started], skipped: list[tuple[str, str]]) -> list[Started]:
         for job_id, state in skipped:
             if state not in ("canceled", "succeeded", "failed"):
                 log.warning(
@@ -268,7 +317,9 @@ class WorkLoop:
     def _run_job(self, job: Started) -> None:
         record = job.record
         try:
-            # this job thread serves this one job now: its log lines carry its id, its spans join its trace
+            # this job thread serves this one job now: its log lines carry its id, its spans join its trace, its
+            # forwards count for its tenant
+            TENANT.set(record.tenant)
             with (
                 logs.job_context(record.id, record.request_id),
                 tracing.span(

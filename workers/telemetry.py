@@ -10,7 +10,8 @@
   worker's ``svc:capabilities`` entry) for the API's pending-work gauge.
 - ``WorkerMetrics``: the Prometheus metrics, served on ``WORKER_METRICS_PORT`` by prometheus_client's HTTP server
   in a daemon thread (unset: no server and no metric updates; the cost split and step times still run, the
-  gauge needs them).
+  gauge needs them). Rows are also counted by tenant (``..._worker_rows_total{tenant}``: the fair share as the
+  worker delivered it), the tenant of a job thread being ``TENANT``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from core import tracing
 from core.logs import JOB_ID
@@ -33,6 +35,9 @@ JOBS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 FORWARD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 JOB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 EWMA_ALPHA = 0.2  # weight of the newest job in the mean seconds per step
+
+#: the tenant of the job the current thread runs (set by the work loop on the job thread)
+TENANT: ContextVar[str | None] = ContextVar("tenant", default=None)
 
 
 class WorkerMetrics:
@@ -60,6 +65,12 @@ class WorkerMetrics:
             "kernels queue asynchronously and the sum is what holds)",
             ["model"],
             buckets=FORWARD_BUCKETS,
+            registry=reg,
+        )
+        self.rows = Counter(
+            f"{PREFIX}_rows",
+            "rows this worker ran in network forwards, by the tenant of the job they belong to",
+            ["tenant"],
             registry=reg,
         )
         self.inflight = Gauge(f"{PREFIX}_jobs_in_flight", "jobs this worker is running", registry=reg)
@@ -166,6 +177,7 @@ def model_namer(models: Mapping[str, Any]) -> ModelName:
 class _Owner:
     job_id: str | None
     span: Any
+    tenant: str | None = None
 
 
 class ForwardMeter:
@@ -180,7 +192,7 @@ class ForwardMeter:
 
     def register(self, request: Any) -> None:
         """On the job thread, before the request goes to the batcher: its job and the job's span."""
-        owner = _Owner(JOB_ID.get(), tracing.current())
+        owner = _Owner(JOB_ID.get(), tracing.current(), TENANT.get())
         with self._lock:
             self._owners[id(request)] = owner
 
@@ -204,10 +216,16 @@ class ForwardMeter:
         rows = sum(n for _, n in requests) or 1
         jobs: set[str] = set()
         spans = []
+        tenants: dict[str, int] = {}
         with self._lock:
             for request, n in requests:
                 owner = self._owners.get(id(request))
-                job_id, span = (owner.job_id, owner.span) if owner is not None else (JOB_ID.get(), tracing.current())
+                job_id, span, tenant = (
+                    (owner.job_id, owner.span, owner.tenant)
+                    if owner is not None
+                    else (JOB_ID.get(), tracing.current(), TENANT.get())
+                )
+                tenants[tenant or "default"] = tenants.get(tenant or "default", 0) + n
                 if job_id is not None:
                     jobs.add(job_id)
                     self._cost[job_id] = self._cost.get(job_id, 0.0) + seconds * n / rows
@@ -218,6 +236,8 @@ class ForwardMeter:
             return
         model = self.names(network)
         if metrics is not None:
+            for tenant, n in tenants.items():
+                metrics.rows.labels(tenant).inc(n)
             metrics.forward_rows.labels(model).observe(rows)
             metrics.forward_jobs.labels(model).observe(len(jobs) or len(requests))
             metrics.forward_s.labels(model).observe(seconds)

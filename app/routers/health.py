@@ -28,7 +28,7 @@ def healthz() -> Health:
 def readyz(lifecycle: LifecycleDep, store: StoreDep) -> JSONResponse:
     try:
         live, states, infos = operation_states(lifecycle)
-        depth = int(lifecycle.redis.llen(lifecycle.queue.key))
+        depth = lifecycle.depth()
         workers = [
             WorkerInfo(
                 name=name,
