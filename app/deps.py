@@ -7,6 +7,7 @@ per dependency per request, which costs more than these functions do (they do no
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -18,6 +19,7 @@ from app.problems import Problem
 from core.lifecycle import AsyncRecords, Lifecycle
 from core.settings import Settings
 from core.store import ResultStore
+from core.tenants import DEFAULT_TENANT, Tenant, Tenants
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -87,12 +89,55 @@ IdempotencyKey = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: its tenant, and whether it may see only that tenant's jobs (``scoped``: with a tenants
+    file). Without a tenants file every caller is the ``default`` tenant and sees every job, as before."""
+
+    tenant: Tenant
+    scoped: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The tenant a job must belong to for this caller to see it; None: any job."""
+        return self.tenant.name if self.scoped else None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 async def require_api_key(
+    request: Request,
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """When API_KEY is set, every protected route needs the header X-API-Key (constant-time check)."""
-    if not settings.api_key:
-        return
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), settings.api_key.encode()):
-        raise Problem(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Caller:
+    """Who is calling. With TENANTS_FILE: every protected route needs a tenant's key, ``X-API-Key: <key>`` or
+    ``Authorization: Bearer <key>``, found by its SHA-256 (``core.tenants``); else 401. Without it: when API_KEY is
+    set, the same headers must carry it (constant-time comparison). Nothing here logs a key."""
+    tenants: Tenants = request.app.state.tenants
+    given = x_api_key if x_api_key is not None else _bearer(authorization)
+    if tenants.from_file:
+        tenant = tenants.identify(given)
+        if tenant is None:
+            raise _unauthorized()
+        request.scope.setdefault("state", {})["tenant"] = tenant.name  # the metrics label it, never the key
+        return Caller(tenant, scoped=True)
+    if settings.api_key and (given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode())):
+        raise _unauthorized()
+    request.scope.setdefault("state", {})["tenant"] = DEFAULT_TENANT
+    return Caller(tenants.get(DEFAULT_TENANT))
+
+
+def _unauthorized() -> Problem:
+    return Problem(
+        401,
+        "unauthorized",
+        "missing or wrong API key (X-API-Key header, or Authorization: Bearer)",
+        headers={"WWW-Authenticate": "ApiKey"},
+    )
+
+
+CallerDep = Annotated[Caller, Depends(require_api_key)]

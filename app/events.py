@@ -28,6 +28,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
+from app.jobs import eta_s, recent_workers
 from core import events
 from core.events import Event
 from core.lifecycle import Lifecycle
@@ -75,14 +76,20 @@ class Snapshot:
     state: JobState | None  # None: the job no longer exists
     position: int | None = None
     body: dict[str, Any] | None = None
+    eta_s: float | None = None
+
+    @property
+    def queue_event(self) -> dict[str, Any]:
+        return {"position": self.position, "eta_s": self.eta_s}
 
 
-def look_up(lifecycle: Lifecycle, job_id: str) -> Snapshot:
-    """The job's state, queue position and body (blocking: run it in a thread)."""
+def look_up(lifecycle: Lifecycle, job_id: str, default_step_s: float = 0.05) -> Snapshot:
+    """The job's state, queue position (with its ETA) and body (blocking: run it in a thread)."""
     record, position, _ = lifecycle.view(job_id)
     if record is None:
         return Snapshot(None)
-    return Snapshot(record.state, position, record.body(position))
+    eta = eta_s(recent_workers(lifecycle), record, position, default_step_s) if position is not None else None
+    return Snapshot(record.state, position, record.body(position, eta), eta)
 
 
 AREDIS_CONNECTIONS = 32
@@ -239,7 +246,7 @@ class EventHub:
 
     async def _recheck_waiter(self, job_id: str) -> None:
         with contextlib.suppress(RedisError):
-            snapshot = await anyio.to_thread.run_sync(look_up, self.lifecycle, job_id)
+            snapshot = await anyio.to_thread.run_sync(self._look_up, job_id)
             if snapshot.body is not None and snapshot.state is not None and snapshot.state.terminal:
                 self._resolve(job_id, snapshot.body)
 
@@ -256,9 +263,12 @@ class EventHub:
     # -- queue positions ------------------------------------------------------------------------------------
     async def check(self, job_id: str) -> Snapshot:
         """Look the job up (in a thread) and send a changed queue position to its listeners."""
-        snapshot = await anyio.to_thread.run_sync(look_up, self.lifecycle, job_id)
+        snapshot = await anyio.to_thread.run_sync(self._look_up, job_id)
         self._apply(job_id, snapshot)
         return snapshot
+
+    def _look_up(self, job_id: str) -> Snapshot:
+        return look_up(self.lifecycle, job_id, self.settings.pending_step_s_default)
 
     def _apply(self, job_id: str, snapshot: Snapshot) -> None:
         group = self.listeners.get(job_id)
@@ -271,7 +281,7 @@ class EventHub:
         if self._positions.get(job_id) != snapshot.position:
             self._positions[job_id] = snapshot.position
             if snapshot.position is not None:
-                queued = Event(job_id, None, "queue", {"position": snapshot.position})
+                queued = Event(job_id, None, "queue", snapshot.queue_event)
                 for listener in group:
                     listener.put(queued)
 
@@ -318,7 +328,7 @@ class EventHub:
         try:
             yield ServerSentEvent(comment=f"events of job {listener.job_id}", retry=RETRY)
             if first.position is not None:
-                yield _sse(Event(listener.job_id, None, "queue", {"position": first.position}))
+                yield _sse(Event(listener.job_id, None, "queue", first.queue_event))
             for event in await self.backlog(listener.job_id, last):
                 yield _sse(event)
                 last = event.id

@@ -1,8 +1,14 @@
-"""Job lifecycle on the API side: submit (with idempotency and back-pressure), view, cancel.
+"""Job lifecycle on the API side: submit (with idempotency, limits, the result cache and back-pressure), view,
+cancel, delete.
 
 The API enqueues each operation's job by the dotted name of its job function (``core.operations.Operation.job``),
-never importing it, with its validated parameters; the job record (``core.record``) is written by the same
-pipeline. Uploads are stored with the job (``inputs/<name>``) before it is enqueued.
+never importing it, with its validated parameters, on the queue of the caller's tenant and the job's priority; the
+job record (``core.record``) is written by the same pipeline. Uploads are stored with the job (``inputs/<name>``)
+before it is enqueued.
+
+A submission, in order: the tenant's rate (``app.quotas``; 429), the result cache for a seeded request
+(``app.cache``: one ``SET NX GET``; a hit answers at once with a succeeded job that shows its source's files), the
+queue's depth (503), the tenant's ``max_queued`` (a place reserved by one script; 429), the uploads, the enqueue.
 """
 
 from __future__ import annotations
@@ -12,16 +18,26 @@ import json
 import secrets
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
+from app.cache import cache_digest
 from app.problems import Problem
+from app.quotas import Quotas
 from app.schemas import OperationState
-from core.lifecycle import AsyncRecords, Lifecycle
-from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
-from core.protocol import JobState, capabilities_key, idempotency_key
+from core.gauges import merge_step_times
+from core.lifecycle import AsyncRecords, Lifecycle, tombstone_parts
+from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams, cost_key, estimated_steps, step_weight
+from core.protocol import JobState, cache_key, capabilities_key, idempotency_key
 from core.record import JobRecord, utc_now
 from core.settings import Settings
 from core.store import ResultStore, StoreUnavailable, is_job_id
+from core.tenants import DEFAULT_TENANT, Tenant
+
+#: Retry-After of a submission refused for its tenant's max_queued: a job of the tenant has to end first
+MAX_QUEUED_RETRY_AFTER_S = 5
 
 
 def new_job_id() -> str:
@@ -66,22 +82,62 @@ def operation_states(lifecycle: Lifecycle) -> tuple[list[str], dict[str, Operati
 
 
 STATES_TTL_S = 1.0
-_states_cache: dict[tuple[int, str], tuple[float, int, dict[str, OperationState]]] = {}
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The live workers as a recent look saw them: how many, each operation's state, what each published."""
+
+    at: float
+    live: int
+    states: dict[str, OperationState]
+    infos: dict[str, Any] = field(default_factory=dict)
+
+
+_states_cache: dict[tuple[int, str], Workers] = {}
 _states_lock = threading.Lock()
 
 
+def _cached_workers(lifecycle: Lifecycle) -> Workers | None:
+    with _states_lock:
+        cached = _states_cache.get((id(lifecycle), lifecycle.queue.name))
+    return cached if cached is not None and time.monotonic() - cached.at < STATES_TTL_S else None
+
+
+def recent_workers(lifecycle: Lifecycle) -> Workers:
+    """``operation_states`` at most ``STATES_TTL_S`` old: a submit or a poll costs no worker scan while traffic is
+    high (blocking when the look is stale: call it in a thread)."""
+    cached = _cached_workers(lifecycle)
+    if cached is not None:
+        return cached
+    live, states, infos = operation_states(lifecycle)
+    fresh = Workers(time.monotonic(), len(live), states, infos)
+    with _states_lock:
+        _states_cache[(id(lifecycle), lifecycle.queue.name)] = fresh
+    return fresh
+
+
+async def recent_workers_async(lifecycle: Lifecycle) -> Workers:
+    """``recent_workers`` from the event loop: no thread hop while the look is fresh."""
+    cached = _cached_workers(lifecycle)
+    return cached if cached is not None else await run_in_threadpool(recent_workers, lifecycle)
+
+
 def _recent_states(lifecycle: Lifecycle) -> tuple[int, dict[str, OperationState]]:
-    """``operation_states`` at most ``STATES_TTL_S`` old: a submit costs no worker scan while traffic is high."""
-    key = (id(lifecycle), lifecycle.queue.name)
-    now = time.monotonic()
-    with _states_lock:
-        cached = _states_cache.get(key)
-    if cached is not None and now - cached[0] < STATES_TTL_S:
-        return cached[1], cached[2]
-    live, states, _ = operation_states(lifecycle)
-    with _states_lock:
-        _states_cache[key] = (now, len(live), states)
-    return len(live), states
+    seen = recent_workers(lifecycle)
+    return seen.live, seen.states
+
+
+def eta_s(workers: Workers, record: JobRecord, position: int | None, default_step_s: float) -> float | None:
+    """Seconds until a queued job ends, estimated: the jobs admitted before it and itself (``position + 1``), each
+    taken to cost what this job costs (its steps times its step weight times the seconds per weighted step the live
+    workers measured for its operation, else ``default_step_s``), shared by the live workers. It ignores what the
+    running jobs have left and how much the jobs ahead really differ from it. None with no live worker."""
+    if position is None or record.state is not JobState.queued or workers.live == 0:
+        return None
+    per_step = merge_step_times(list(workers.infos.values())).get(cost_key(record.kind, record.params), default_step_s)
+    own = estimated_steps(record.kind, record.params) * step_weight(record.kind, record.params) * per_step
+    return round((position + 1) * own / workers.live, 3)
 
 
 def ensure_servable(lifecycle: Lifecycle, kind: str) -> None:
@@ -145,13 +201,21 @@ def submit(
     job_id: str | None = None,
     request_id: str | None = None,
     traceparent: str | None = None,
+    tenant: Tenant | None = None,
+    owner: str | None = None,
+    quotas: Quotas | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Enqueue one job of operation `op`; returns (its body as ``GET /jobs/{id}`` shows it, replayed).
+    """Enqueue one job of operation `op` for ``tenant`` (see the module docstring); returns (its body as
+    ``GET /jobs/{id}`` shows it, replayed). ``owner``: the tenant an Idempotency-Key replay must belong to (None:
+    any). ``headers`` (out): the RateLimit headers of the tenant's rate, for the answer.
 
     The idempotency fingerprint is taken over the request as the client sent it (before a random seed
     is filled in), so a replay matches. With an Idempotency-Key, the first request stores key -> (job id,
     fingerprint); a repeat with the same request returns that job (replayed=True), with another a 422.
     """
+    tenant = tenant or Tenant(DEFAULT_TENANT)
+    workers = recent_workers(lifecycle)
     ensure_servable(lifecycle, op.name)
     if getattr(params, "upscale", False):
         ensure_servable(lifecycle, IF_UPSCALE)
@@ -170,7 +234,7 @@ def submit(
             )
         fingerprint = _fingerprint(op.name, request, uploads)
         entry = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
-        key = idempotency_key(idem_key)
+        key = idempotency_key(f"{tenant.name}:{idem_key}" if owner is not None else idem_key)
         if not redis.set(key, entry, nx=True, ex=settings.result_ttl_s):
             existing = json.loads(redis.get(key) or "{}")
             if existing.get("fingerprint") != fingerprint:
@@ -184,10 +248,43 @@ def submit(
                 lifecycle,
                 str(existing["job_id"]),
                 expired_detail="the job created with this Idempotency-Key has expired",
+                owner=owner,
             )
-            return found.body(position), True
+            return found.body(position, eta_s(workers, found, position, settings.pending_step_s_default)), True
 
+    counted: str | None = None
+    cache_entry: str | None = None
+    owns_entry = False
+    enqueued = False
     try:
+        if quotas is not None:
+            rate = quotas.take(tenant)
+            if headers is not None:
+                headers.update(rate)
+        submitted = utc_now()
+        record = JobRecord(
+            id=job_id,
+            state=JobState.queued,
+            kind=op.name,
+            func=op.job,
+            params=job_params,
+            submitted=submitted,
+            request_id=request_id,
+            traceparent=traceparent,
+            tenant=tenant.name,
+            priority=params.priority,
+        )
+        if params.seed is not None and params.cache:
+            digest = cache_digest(op, job_params, uploads, workers.infos)
+            if digest is not None:
+                cache_entry = cache_key(digest)
+                ttl = settings.result_ttl_s + settings.job_timeout_s
+                source = lifecycle.cache_claim(cache_entry, job_id, ttl)
+                owns_entry = source is None
+                if source is not None:
+                    answered = lifecycle.cache_answer(record, source, cache_entry, ttl)
+                    if answered is not None:
+                        return answered.body(), False
         depth = depth or QueueDepth(0.0)
         if depth.get(lifecycle) >= settings.max_queue_depth:
             raise Problem(
@@ -196,12 +293,21 @@ def submit(
                 f"the queue holds {settings.max_queue_depth} jobs already (MAX_QUEUE_DEPTH); retry later",
                 headers={"Retry-After": "5"},
             )
+        if tenant.max_queued is not None:
+            counted = lifecycle.reserve(tenant.name, tenant.max_queued)
+            if counted is None:
+                raise Problem(
+                    429,
+                    "too-many-queued",
+                    f"tenant {tenant.name} has {tenant.max_queued} jobs waiting or running (max_queued); "
+                    "submit again once one has ended",
+                    headers={"Retry-After": str(MAX_QUEUED_RETRY_AFTER_S), **(headers or {})},
+                )
         try:
             for name, data in uploads.items():  # before the enqueue: the worker reads them from the store
                 store.put(job_id, f"inputs/{name}", data)
         except StoreUnavailable as exc:
             raise store_unavailable(exc) from exc
-        submitted = utc_now()
         position = lifecycle.submit(
             job_id,
             kind=op.name,
@@ -212,37 +318,46 @@ def submit(
             submitted=submitted,
             request_id=request_id,
             traceparent=traceparent,
+            tenant=tenant.name,
+            priority=params.priority,
+            counted=counted,
+            cache_key=cache_entry if owns_entry else None,
         )
+        enqueued = True
         depth.seen(position + 1)
-    except BaseException:
-        if idem_key is not None:
-            redis.delete(idempotency_key(idem_key))
-        raise
-    record = JobRecord(
-        id=job_id,
-        state=JobState.queued,
-        kind=op.name,
-        func=op.job,
-        params=job_params,
-        submitted=submitted,
-        request_id=request_id,
-        traceparent=traceparent,
-    )
-    return record.body(position), False
+    finally:
+        if not enqueued:
+            if idem_key is not None:
+                redis.delete(idempotency_key(f"{tenant.name}:{idem_key}" if owner is not None else idem_key))
+            if counted is not None:
+                lifecycle.release(counted)
+            if owns_entry and cache_entry is not None and redis.get(cache_entry) in (job_id, job_id.encode()):
+                redis.delete(cache_entry)
+    return record.body(position, eta_s(workers, record, position, settings.pending_step_s_default)), False
 
 
-def fetch(lifecycle: Lifecycle, job_id: str, *, expired_detail: str | None = None) -> tuple[JobRecord, int | None]:
-    """The job's record and queue position, or a 404 (never existed / not an id) or 410 (expired) problem."""
+def fetch(
+    lifecycle: Lifecycle, job_id: str, *, expired_detail: str | None = None, owner: str | None = None
+) -> tuple[JobRecord, int | None]:
+    """The job's record and queue position, or a 404 (never existed / not an id / another tenant's) or 410
+    (expired) problem. ``owner``: the tenant the job must belong to (None: any)."""
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    return _found(job_id, *lifecycle.view(job_id), expired_detail=expired_detail)
+    return _found(job_id, *lifecycle.view(job_id), expired_detail=expired_detail, owner=owner)
 
 
-async def fetch_async(records: AsyncRecords, job_id: str) -> tuple[JobRecord, int | None]:
+async def fetch_async(records: AsyncRecords, job_id: str, *, owner: str | None = None) -> tuple[JobRecord, int | None]:
     """``fetch`` on the event loop (a poll: one round trip, no thread hop)."""
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    return _found(job_id, *await records.view(job_id))
+    return _found(job_id, *await records.view(job_id), owner=owner)
+
+
+def check_owner(record: JobRecord, owner: str | None) -> JobRecord:
+    """404 for a job of another tenant than ``owner`` (None: any tenant): exactly the answer of an unknown id."""
+    if owner is not None and record.tenant != owner:
+        raise Problem(404, "job-not-found", f"no job with id {record.id!r}")
+    return record
 
 
 def _found(
@@ -252,16 +367,18 @@ def _found(
     tombstone: str | None,
     *,
     expired_detail: str | None = None,
+    owner: str | None = None,
 ) -> tuple[JobRecord, int | None]:
-    if record is None:
-        if tombstone == "deleted":
-            raise Problem(410, "job-deleted", f"job {job_id} was deleted, with its results and uploads")
-        if tombstone is not None:
-            raise Problem(
-                410, "job-expired", expired_detail or f"job {job_id} has expired and its results were deleted"
-            )
-        raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
-    return record, position
+    if record is not None:
+        return check_owner(record, owner), position
+    what, tenant = tombstone_parts(tombstone)
+    other = owner is not None and tenant is not None and tenant != owner
+    tombstone = None if other else what  # another tenant's job: as unknown as an id never used
+    if tombstone == "deleted":
+        raise Problem(410, "job-deleted", f"job {job_id} was deleted, with its results and uploads")
+    if tombstone is not None:
+        raise Problem(410, "job-expired", expired_detail or f"job {job_id} has expired and its results were deleted")
+    raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
 
 
 def cancel(lifecycle: Lifecycle, record: JobRecord) -> None:
@@ -276,9 +393,11 @@ def cancel(lifecycle: Lifecycle, record: JobRecord) -> None:
 def delete(lifecycle: Lifecycle, store: ResultStore, record: JobRecord) -> None:
     """Delete a job everywhere: its stored files and uploads first (a store that is down leaves the job whole:
     503, retry), then its record, events and queue entry; a running job is told to stop, and its worker removes
-    whatever it stored after this. Afterwards the job answers 410 ``job-deleted``."""
-    try:
-        store.delete_job(record.id)
-    except StoreUnavailable as exc:
-        raise store_unavailable(exc) from exc
+    whatever it stored after this. Afterwards the job answers 410 ``job-deleted``. A job answered from the result
+    cache owns no stored object (its files are its source's): only its record goes."""
+    if record.source is None:
+        try:
+            store.delete_job(record.id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from exc
     lifecycle.delete(record.id)

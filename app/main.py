@@ -23,6 +23,7 @@ from app.jobs import QueueDepth
 from app.metrics import CONTENT_TYPE, ApiMetrics, JobMeter, RedisGauges, process_exit, render
 from app.observability import Observability
 from app.problems import Problem, install_problem_handlers, problem_response
+from app.quotas import Quotas
 from app.routers import events, health, jobs, operations
 from app.routers.studio import install_studio
 from app.uploads import human_bytes
@@ -32,6 +33,7 @@ from core.lifecycle import AsyncRecords, Lifecycle, service_queue
 from core.operations import OPERATIONS
 from core.settings import Settings, get_settings
 from core.store import open_store
+from core.tenants import load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ Errors are RFC 9457 `application/problem+json`. A browser studio for every opera
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    tenants = load_tenants(settings.tenants_file)  # TenantsFileError: refuse to start on a bad file
+    if tenants.from_file and settings.api_key:
+        log.warning("TENANTS_FILE is set: API_KEY is ignored (every key is a tenant's)")
     metrics = ApiMetrics()
     meter = JobMeter(metrics)
 
@@ -59,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.queue,
             result_ttl_s=settings.result_ttl_s,
             tombstone_ttl_s=settings.tombstone_ttl_s,
+            tenants=tenants,
         )
+        app.state.quotas = Quotas(settings.redis_url, tenants, settings.queue_name)
         app.state.depth = QueueDepth()
         app.state.store = open_store(settings)
         app.state.events = EventHub(
@@ -87,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.tenants = tenants
     app.state.metrics, app.state.meter, app.state.gauges = metrics, meter, None
     install_problem_handlers(app)
     _limit_body_size(app, settings)

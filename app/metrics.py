@@ -3,12 +3,14 @@
 - **HTTP**: every request but ``/metrics`` itself, by route template, method and status, and its latency
   (``app.observability.Observability``, a plain ASGI middleware).
 - **Jobs**, counted once, with no Redis call: the API process that *accepted* a job remembers it (``JobMeter``:
-  id -> operation, at most ``MAX_JOBS`` entries, none older than ``MAX_AGE_S``), and when the job's ``done``
-  event reaches its event hub (every API process receives every event) it counts the end by operation and status
-  and observes the times queued, running and end to end from the timestamps of the done body. A job whose
-  accepting process restarted before the job ended is not counted.
+  id -> operation and tenant, at most ``MAX_JOBS`` entries, none older than ``MAX_AGE_S``), and when the job's
+  ``done`` event reaches its event hub (every API process receives every event) it counts the end by operation,
+  status and tenant and observes the times queued, running and end to end from the timestamps of the done body. A
+  job whose accepting process restarted before the job ended is not counted. Answers from the result cache are also
+  counted as cache hits, by operation and tenant.
 - **Rejected submissions** by reason (``queue_full``, ``invalid`` (422), ``bad_input`` (413, 415),
-  ``unavailable`` (503), ``unauthorized`` (401)).
+  ``unavailable`` (503), ``unauthorized`` (401), ``rate_limited`` and ``max_queued`` (429)) and tenant (``none``
+  for a request without a known key). The label is always the tenant's name, never a key.
 - **Gauges from Redis at scrape time** (``core.gauges``: one script per scrape, at most one a second per
   process): queue depth, jobs running, pending work in seconds, live workers; and the live event listeners of the
   API processes.
@@ -106,7 +108,8 @@ from core.record import parse_time  # noqa: E402
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 JOB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-REJECT_REASONS = ("queue_full", "invalid", "bad_input", "unavailable", "unauthorized")
+REJECT_REASONS = ("queue_full", "invalid", "bad_input", "unavailable", "unauthorized", "rate_limited", "max_queued")
+NO_TENANT = "none"  # the tenant label of a request without a known key
 
 
 class ApiMetrics:
@@ -131,37 +134,43 @@ class ApiMetrics:
         )
         self.jobs = Counter(
             f"{PREFIX}_jobs_total",
-            "jobs ended, by operation and status (succeeded, failed, canceled), counted by the API process that "
-            "accepted them",
-            ["operation", "status"],
+            "jobs ended, by operation, status (succeeded, failed, canceled) and tenant, counted by the API process "
+            "that accepted them",
+            ["operation", "status", "tenant"],
             registry=reg,
         )
         self.queued_s = Histogram(
             f"{PREFIX}_job_queued_seconds",
             "time from submission to the start of the job's last attempt (to its end for a job never started)",
-            ["operation"],
+            ["operation", "tenant"],
             buckets=JOB_BUCKETS,
             registry=reg,
         )
         self.running_s = Histogram(
             f"{PREFIX}_job_running_seconds",
             "time from the start of the job's last attempt to its end",
-            ["operation"],
+            ["operation", "tenant"],
             buckets=JOB_BUCKETS,
             registry=reg,
         )
         self.total_s = Histogram(
             f"{PREFIX}_job_seconds",
             "time from submission to the job's end (end to end)",
-            ["operation"],
+            ["operation", "tenant"],
             buckets=JOB_BUCKETS,
             registry=reg,
         )
         self.rejected = Counter(
             f"{PREFIX}_rejected_submissions_total",
             "submissions refused, by reason: queue_full, invalid (422), bad_input (413, 415), unavailable (503), "
-            "unauthorized (401)",
-            ["reason"],
+            "unauthorized (401), rate_limited and max_queued (429); and tenant ('none' without a known key)",
+            ["reason", "tenant"],
+            registry=reg,
+        )
+        self.cache_hits = Counter(
+            f"{PREFIX}_cache_hits_total",
+            "submissions answered from the result cache (no worker ran them), by operation and tenant",
+            ["operation", "tenant"],
             registry=reg,
         )
         self.listeners = Gauge(
@@ -171,7 +180,7 @@ class ApiMetrics:
             multiprocess_mode="livesum",
         )
         for reason in REJECT_REASONS:
-            self.rejected.labels(reason)
+            self.rejected.labels(reason, NO_TENANT)
         if reg is not None:
             ProcessCollector(registry=reg)
 
@@ -188,16 +197,16 @@ class JobMeter:
         self.metrics = metrics
         self.max_jobs = max_jobs
         self.max_age_s = max_age_s
-        self._jobs: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._jobs: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def accepted(self, job_id: str, operation: str) -> None:
+    def accepted(self, job_id: str, operation: str, tenant: str = "default") -> None:
         now = time.monotonic()
-        self._jobs[job_id] = (operation, now)
+        self._jobs[job_id] = (operation, tenant, now)
         while self._jobs and (
-            len(self._jobs) > self.max_jobs or now - next(iter(self._jobs.values()))[1] > self.max_age_s
+            len(self._jobs) > self.max_jobs or now - next(iter(self._jobs.values()))[2] > self.max_age_s
         ):
             self._jobs.popitem(last=False)
 
@@ -209,19 +218,19 @@ class JobMeter:
         entry = self._jobs.pop(job_id, None)
         if entry is None:
             return
-        operation, status = entry[0], str(body.get("status"))
+        operation, tenant, status = entry[0], entry[1], str(body.get("status"))
         m = self.metrics
-        m.jobs.labels(operation, status).inc()
+        m.jobs.labels(operation, status, tenant).inc()
         try:
             created, started, finished = (parse_time(body.get(k)) for k in ("created_at", "started_at", "finished_at"))
         except (TypeError, ValueError):
             return
         if created is None or finished is None:
             return
-        m.total_s.labels(operation).observe(max((finished - created).total_seconds(), 0.0))
-        m.queued_s.labels(operation).observe(max(((started or finished) - created).total_seconds(), 0.0))
+        m.total_s.labels(operation, tenant).observe(max((finished - created).total_seconds(), 0.0))
+        m.queued_s.labels(operation, tenant).observe(max(((started or finished) - created).total_seconds(), 0.0))
         if started is not None:
-            m.running_s.labels(operation).observe(max((finished - started).total_seconds(), 0.0))
+            m.running_s.labels(operation, tenant).observe(max((finished - started).total_seconds(), 0.0))
 
 
 class RedisGauges(Collector):

@@ -5,7 +5,7 @@ A plain ASGI middleware (no ``BaseHTTPMiddleware``, which costs a task per reque
 answer, puts it in the request's state (the submission stores it with the job) and in the ``REQUEST_ID`` context
 variable (every log line of the request carries it); then it counts the answer by route template, method and
 status and observes its latency (``app.metrics``), except for ``/metrics`` itself. A ``POST`` to an operation
-that was answered 401, 413, 415, 422 or 503 is counted as a rejected submission, by reason.
+that was answered 401, 413, 415, 422, 429 or 503 is counted as a rejected submission, by reason and tenant.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import ApiMetrics
+from app.metrics import NO_TENANT, ApiMetrics
 from core.logs import REQUEST_ID
 
 HEADER = b"x-request-id"
@@ -34,6 +34,8 @@ def reject_reason(status: int, problem: str | None) -> str | None:
     """The reason label of a refused submission answered ``status`` (``problem``: the slug of its problem)."""
     if status == 503:
         return "queue_full" if problem == "queue-full" else "unavailable"
+    if status == 429:
+        return "max_queued" if problem == "too-many-queued" else "rate_limited"
     return {401: "unauthorized", 413: "bad_input", 415: "bad_input", 422: "invalid"}.get(status)
 
 
@@ -84,6 +86,7 @@ class Observability:
         method: str = scope["method"]
         self.metrics.http(template, method, status, seconds)
         if status >= 400 and method == "POST" and (template in self.submit_paths or path in self.submit_paths):
-            reason = reject_reason(status, scope.get("state", {}).get("problem"))
+            state = scope.get("state", {})
+            reason = reject_reason(status, state.get("problem"))
             if reason is not None:
-                self.metrics.rejected.labels(reason).inc()
+                self.metrics.rejected.labels(reason, state.get("tenant") or NO_TENANT).inc()

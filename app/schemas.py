@@ -23,7 +23,17 @@ class JobBody(BaseModel):
     kind: str
     status: JobState
     progress: Progress | None = None
-    queue_position: int | None = Field(None, description="0 = next to run; only while queued")
+    queue_position: int | None = Field(
+        None,
+        description="only while queued: the jobs admitted before it (0 = next), under the fair share between "
+        "tenants and its tenant's priorities",
+    )
+    eta_s: float | None = Field(
+        None,
+        description="only while queued: the estimated seconds until it ends (the jobs ahead taken to cost what it "
+        "costs, at the step time the workers measured, shared by the live workers)",
+    )
+    priority: str = Field("normal", description="the job's priority among its tenant's jobs: low, normal or high")
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -36,6 +46,10 @@ class JobBody(BaseModel):
     request_id: str | None = Field(
         None, description="the submission's X-Request-ID (the client's, or one the service made); in its log lines"
     )
+    cached: bool = Field(
+        False, description="answered from the result cache: no worker ran it; its files are `source`'s"
+    )
+    source: str | None = Field(None, description="for a cached job, the job whose results it shows")
 
     model_config = {
         "json_schema_extra": {

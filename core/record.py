@@ -576,7 +576,13 @@ end
 return {values, ahead, 1}
 """
 #: What ``VIEW`` reads (state, tenant and priority first: the script reads them), and RQ's ``timeout``.
-VIEW_FIELDS = ("state", "tenant", "priority", *(f for f in FIELDS if f not in ("state", "tenant", "priority")), "timeout")
+VIEW_FIELDS = (
+    "state",
+    "tenant",
+    "priority",
+    *(f for f in FIELDS if f not in ("state", "tenant", "priority")),
+    "timeout",
+)
 
 # KEYS: record, stream, RQ started, finished, failed and canceled registries, tombstone.
 # ARGV: job id, tombstone ttl, cancel channel, queue prefix.

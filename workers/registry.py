@@ -7,7 +7,9 @@ advertised, and the reason is published for each of them, so that /readyz and th
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -116,6 +118,46 @@ class ModelRegistry:
         }
 
 
+def model_digest(source: str) -> str | None:
+    """A digest of the weights a model was loaded from, computed once at load (the result cache's key names it):
+    the SHA-256 of a checkpoint file; for a folder (a diffusers pipeline), the SHA-256 of every file's relative
+    name, size and modification time; for a hub id, ``<id>@<revision>`` of the snapshot in the local cache. None
+    when it cannot be told (then the API caches none of that model's jobs)."""
+    path = Path(source)
+    try:
+        if path.is_file():
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return f"sha256:{h.hexdigest()}"
+        if path.is_dir():
+            h = hashlib.sha256()
+            for root, _, names in sorted(os.walk(path)):
+                for name in sorted(names):
+                    st = (Path(root) / name).stat()
+                    h.update(f"{Path(root, name).relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            return f"files:{h.hexdigest()}"
+    except OSError as exc:
+        log.warning("could not compute the digest of %s: %s", source, exc)
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(source, "model_index.json")
+    except Exception:  # noqa: BLE001 - no hub library, or not a hub id: no digest, no cache
+        return None
+    if isinstance(index, str):
+        return f"hub:{source}@{Path(index).parent.name}"
+    return None
+
+
+def compute_digest(weights: str | None, dtype: str, device: torch.device) -> str | None:
+    """The weights' digest with what else changes the bytes a model computes: its precision and the device type
+    (the same weights in bfloat16 on a CPU and in float16 on a GPU give other PNGs)."""
+    return None if weights is None else f"{weights};{dtype.removeprefix('torch.')};{device.type}"
+
+
 class ModelNotLoaded(RuntimeError):
     """A job asked for a model this worker does not hold."""
 
@@ -135,6 +177,7 @@ def load_mnist(registry: ModelRegistry, name: str, path: Path, settings: Setting
         "compiled": net.compiled,
         "warm_up_s": round(warm, 3),
     }
+    info["digest"] = compute_digest(model_digest(str(path)), info["precision"], registry.device)
     registry.models[name] = LoadedModel(net, str(path), time.perf_counter() - t0, info)
     log.info(
         "loaded %s from %s in %.2fs (%s, warm-up %.2fs)",
@@ -201,7 +244,11 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
             stage1,
             settings.if_stage1_model,
             time.perf_counter() - t0,
-            {"image_size": stage1.image_size, "dtype": str(stage1.dtype).removeprefix("torch.")},
+            {
+                "image_size": stage1.image_size,
+                "dtype": str(stage1.dtype).removeprefix("torch."),
+                "digest": compute_digest(model_digest(settings.if_stage1_model), str(stage1.dtype), registry.device),
+            },
         )
     except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
         registry.errors["if_stage1"] = f"{type(exc).__name__}: {exc}"
@@ -216,7 +263,15 @@ def load_if(registry: ModelRegistry, settings: Settings) -> None:
                 settings.if_stage2_model, device=registry.device, variant=settings.if_variant, stage1=stage1
             )
             registry.models["if_stage2"] = LoadedModel(
-                stage2, settings.if_stage2_model, time.perf_counter() - t0, {"image_size": stage2.image_size}
+                stage2,
+                settings.if_stage2_model,
+                time.perf_counter() - t0,
+                {
+                    "image_size": stage2.image_size,
+                    "digest": compute_digest(
+                        model_digest(settings.if_stage2_model), str(getattr(stage2, "dtype", "")), registry.device
+                    ),
+                },
             )
         except Exception as exc:  # noqa: BLE001 - recorded and published; the worker serves the rest
             registry.errors["if_stage2"] = f"{type(exc).__name__}: {exc}"

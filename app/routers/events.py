@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from app import jobs
-from app.deps import LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
+from app.deps import CallerDep, LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
 from app.downloads import store_response
 from app.events import EventHub
 from app.problems import Problem
@@ -33,7 +34,7 @@ A `text/event-stream` of the job's events, each with its `id` (the position in t
 | event | data |
 | --- | --- |
 | `status` | `{"status": "queued"}` or `{"status": "running", "attempt": 1}` |
-| `queue` | `{"position": 0}` while queued (0 = next); sent without an id |
+| `queue` | `{"position": 0, "eta_s": 1.2}` while queued (0 = next: the jobs admitted before it under the fair share; `eta_s`: the estimated seconds until it ends); sent without an id |
 | `progress` | `{"step": 12, "total": 34, "stage": "I"}` (`stage` for DeepFloyd: I, or II for the upscale) |
 | `preview` | `{"step": 10, "total": 34, "stage": "I", "name": "I-0010.png", "url": "/jobs/{id}/previews/I-0010.png"}` (jobs submitted with `previews=true`) |
 | `done` | the job as `GET /jobs/{id}` shows it: `status` succeeded, failed or canceled, `results`, `result_url`, `error`, `error_code` |
@@ -61,6 +62,7 @@ async def job_events(
     request: Request,
     lifecycle: LifecycleDep,
     settings: SettingsDep,
+    caller: CallerDep,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -76,7 +78,7 @@ async def job_events(
         raise Problem(
             503, "too-many-listeners", "too many event streams are open; retry later", headers={"Retry-After": "5"}
         )
-    await run_in_threadpool(jobs.fetch, lifecycle, job_id)  # 404 / 410
+    await run_in_threadpool(partial(jobs.fetch, lifecycle, job_id, owner=caller.owner))  # 404 / 410
     if not await hub.ready():
         raise Problem(
             503,
@@ -118,15 +120,16 @@ async def get_preview(
     records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
+    caller: CallerDep,
     redirect: Redirect = None,
 ) -> Response:
-    await jobs.fetch_async(records, job_id)
+    record, _ = await jobs.fetch_async(records, job_id, owner=caller.owner)
     if not events.PREVIEW_NAME_RE.fullmatch(name):
         raise Problem(404, "file-not-found", f"job {job_id} has no preview {name!r}")
     try:
         return await store_response(
             store,
-            job_id,
+            record.files_of,
             f"{events.PREVIEWS}/{name}",
             request,
             media_type="image/png",

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import jobs
-from app.deps import LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
+from app.deps import CallerDep, LifecycleDep, RecordsDep, SettingsDep, StoreDep, require_api_key
 from app.downloads import store_response
 from app.problems import Problem
 from app.schemas import JobBody
@@ -41,9 +41,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{job_id}", response_model=JobBody, summary="Poll a job", responses=_ERRORS)
-async def get_job(job_id: JobId, records: RecordsDep) -> JSONResponse:
-    record, position = await jobs.fetch_async(records, job_id)
-    return JSONResponse(record.body(position))
+async def get_job(
+    job_id: JobId, records: RecordsDep, caller: CallerDep, lifecycle: LifecycleDep, settings: SettingsDep
+) -> JSONResponse:
+    record, position = await jobs.fetch_async(records, job_id, owner=caller.owner)
+    eta = None
+    if position is not None:
+        eta = jobs.eta_s(await jobs.recent_workers_async(lifecycle), record, position, settings.pending_step_s_default)
+    return JSONResponse(record.body(position, eta))
 
 
 def _media_type(name: str) -> str:
@@ -58,11 +63,16 @@ async def _file(
     job_id: str,
     name: str | None,
     redirect: bool | None,
+    owner: str | None,
 ) -> Response:
     if not is_job_id(job_id):
         raise Problem(404, "job-not-found", f"no job with id {job_id!r}")
     found = await records.read(job_id)  # one HMGET; the 404 or 410 only when it is gone
-    record = found if found is not None else (await jobs.fetch_async(records, job_id))[0]
+    record = (
+        jobs.check_owner(found, owner)
+        if found is not None
+        else (await jobs.fetch_async(records, job_id, owner=owner))[0]
+    )
     if record.state.value != "succeeded":
         raise Problem(
             409, "job-not-succeeded", f"job {job_id} is {record.state.value}; results exist only once it succeeded"
@@ -75,7 +85,7 @@ async def _file(
     try:
         return await store_response(
             store,
-            job_id,
+            record.files_of,  # a job answered from the result cache shows its source's objects
             name,
             request,
             media_type=_media_type(name),
@@ -105,9 +115,10 @@ async def get_result(
     records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
+    caller: CallerDep,
     redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, records, store, job_id, None, redirect)
+    return await _file(request, settings, records, store, job_id, None, redirect, caller.owner)
 
 
 @router.get(
@@ -121,9 +132,10 @@ async def get_file(
     records: RecordsDep,
     store: StoreDep,
     settings: SettingsDep,
+    caller: CallerDep,
     redirect: Redirect = None,
 ) -> Response:
-    return await _file(request, settings, records, store, job_id, name, redirect)
+    return await _file(request, settings, records, store, job_id, name, redirect, caller.owner)
 
 
 @router.post(
@@ -133,10 +145,10 @@ async def get_file(
     summary="Cancel a queued or running job",
     responses={409: {"description": "already finished", "content": PROBLEM}, **_ERRORS},
 )
-def cancel_job(job_id: JobId, lifecycle: LifecycleDep) -> JSONResponse:
-    record, _ = jobs.fetch(lifecycle, job_id)
+def cancel_job(job_id: JobId, lifecycle: LifecycleDep, caller: CallerDep) -> JSONResponse:
+    record, _ = jobs.fetch(lifecycle, job_id, owner=caller.owner)
     jobs.cancel(lifecycle, record)
-    record, position = jobs.fetch(lifecycle, job_id)
+    record, position = jobs.fetch(lifecycle, job_id, owner=caller.owner)
     return JSONResponse(record.body(position), status_code=202)
 
 
@@ -151,7 +163,7 @@ def cancel_job(job_id: JobId, lifecycle: LifecycleDep) -> JSONResponse:
         **_ERRORS,
     },
 )
-def delete_job(job_id: JobId, lifecycle: LifecycleDep, store: StoreDep) -> Response:
-    record, _ = jobs.fetch(lifecycle, job_id)
+def delete_job(job_id: JobId, lifecycle: LifecycleDep, store: StoreDep, caller: CallerDep) -> Response:
+    record, _ = jobs.fetch(lifecycle, job_id, owner=caller.owner)
     jobs.delete(lifecycle, store, record)
     return Response(status_code=204)

@@ -5,8 +5,10 @@ with the limits of the settings; a query parameter or form field it does not rea
 ``app.parameters``; its uploads decoded and checked), enqueue, answer ``202 Accepted`` with a
 ``Location: /jobs/{id}`` header and the job body. With ``Prefer: wait=N`` (RFC 7240) the answer waits up to N
 seconds (at most WAIT_MAX_S) for the job's pushed ``done`` event and is ``200 OK`` with the final job body and
-``Preference-Applied: wait=N`` when the job ended in time. Upload checks and Redis calls run in the thread
-pool: decoding a large upload or a slow Redis never blocks the event loop.
+``Preference-Applied: wait=N`` when the job ended in time. A request answered from the result cache is a succeeded
+job at once. A tenant with a ``rate`` gets the ``RateLimit`` and ``RateLimit-Policy`` headers on every answer.
+Upload checks and Redis calls run in the thread pool: decoding a large upload or a slow Redis never blocks the
+event loop.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import jobs
-from app.deps import DecoderDep, DepthDep, IdempotencyKey, LifecycleDep, SettingsDep, StoreDep, require_api_key
+from app.deps import (
+    Caller,
+    CallerDep,
+    DecoderDep,
+    DepthDep,
+    IdempotencyKey,
+    LifecycleDep,
+    SettingsDep,
+    StoreDep,
+    require_api_key,
+)
 from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
-from app.metrics import JobMeter
+from app.metrics import ApiMetrics, JobMeter
 from app.parameters import ParamError, UnknownParameters
 from app.problems import invalid_params
+from app.quotas import Quotas
 from app.schemas import JobBody
 from app.uploads import CheckedImage, check_same_size, read_image
 from core import tracing
@@ -41,6 +54,11 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": JobBody, "description": "with `Prefer: wait=N`: the job ended within N seconds; its final body"},
     202: {"model": JobBody, "description": "accepted; poll the Location header (or follow its events)"},
     401: {"description": "missing or wrong API key", "content": PROBLEM},
+    429: {
+        "description": "the tenant's rate (`Retry-After`, `RateLimit`, `RateLimit-Policy`) or max_queued "
+        "(`Retry-After`) is used up",
+        "content": PROBLEM,
+    },
     422: {
         "description": "a parameter is out of range, malformed or unknown (each named in `errors`)",
         "content": PROBLEM,
@@ -90,9 +108,14 @@ class Submitter:
         depth: QueueDepth,
         idempotency_key: str | None,
         prefer: str | None,
+        caller: Caller,
     ) -> None:
         self.hub: EventHub = request.app.state.events
         self.meter: JobMeter = request.app.state.meter
+        self.metrics: ApiMetrics = request.app.state.metrics
+        self.quotas: Quotas = request.app.state.quotas
+        self.caller = caller
+        self.headers: dict[str, str] = {}  # the tenant's RateLimit headers, filled by the submission
         self.lifecycle, self.store, self.settings, self.depth = lifecycle, store, settings, depth
         self.idempotency_key = idempotency_key
         self.wait = wait_preference(prefer, settings.wait_max_s)
@@ -106,7 +129,7 @@ class Submitter:
     async def _enqueue(self, submit: Callable[..., Any], op: Operation, job_id: str) -> tuple[dict[str, Any], bool]:
         """``submit`` in the thread pool, the job remembered by the job metrics before it can end (its done
         event counts it) and forgotten again if it was not enqueued or is a replay."""
-        self.meter.accepted(job_id, op.name)
+        self.meter.accepted(job_id, op.name, self.caller.tenant.name)
         try:
             with tracing.span("enqueue", kind="producer"):
                 body, replayed = await run_in_threadpool(submit, job_id=job_id, traceparent=tracing.traceparent())
@@ -115,6 +138,8 @@ class Submitter:
             raise
         if replayed:
             self.meter.forget(job_id)
+        elif body.get("cached"):
+            self.metrics.cache_hits.labels(op.name, self.caller.tenant.name).inc()
         return body, replayed
 
     async def _submit(self, op: Operation, params: OperationParams, uploads: dict[str, bytes]) -> JSONResponse:
@@ -129,17 +154,24 @@ class Submitter:
             idem_key=self.idempotency_key,
             depth=self.depth,
             request_id=self.request_id,
+            tenant=self.caller.tenant,
+            owner=self.caller.owner,
+            quotas=self.quotas,
+            headers=self.headers,
         )
         job_id = jobs.new_job_id()
         if not self.wait or not await self.hub.ready():
             body, replayed = await self._enqueue(submit, op, job_id)
-            return accepted(body, replayed)
+            return accepted(body, replayed, headers=self.headers)
         future = self.hub.expect(job_id)
         try:
             body, replayed = await self._enqueue(submit, op, job_id)
         except BaseException:
             self.hub.forget(job_id, future)
             raise
+        if body["status"] in TERMINAL:  # answered from the result cache: nothing to wait for
+            self.hub.forget(job_id, future)
+            return accepted(body, replayed, waited=self.wait, headers=self.headers)
         if replayed:  # another job: wait for that one (it may have ended already)
             self.hub.forget(job_id, future)
             job_id = body["id"]
@@ -147,12 +179,13 @@ class Submitter:
             record, position = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
             if record.state.terminal:
                 self.hub.forget(job_id, future)
-                return accepted(record.body(position), replayed, waited=self.wait)
+                return accepted(record.body(position), replayed, waited=self.wait, headers=self.headers)
         final = await self.hub.wait(job_id, future, self.wait)
         if final is not None:
-            return accepted(final, replayed, waited=self.wait)
+            return accepted(final, replayed, waited=self.wait, headers=self.headers)
         record, position = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
-        return accepted(record.body(position), replayed, waited=self.wait if record.state.terminal else None)
+        waited = self.wait if record.state.terminal else None
+        return accepted(record.body(position), replayed, waited=waited, headers=self.headers)
 
 
 async def submitter(
@@ -161,23 +194,30 @@ async def submitter(
     store: StoreDep,
     settings: SettingsDep,
     depth: DepthDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
     prefer: PreferHeader = None,
 ) -> Submitter:
     """The ``Submitter`` of a request (an ``async`` dependency: no thread hop to build it)."""
-    return Submitter(request, lifecycle, store, settings, depth, idempotency_key, prefer)
+    return Submitter(request, lifecycle, store, settings, depth, idempotency_key, prefer, caller)
 
 
 SubmitterDep = Annotated[Submitter, Depends(submitter)]
 
 
-def accepted(body: dict[str, Any], replayed: bool, *, waited: int | None = None) -> JSONResponse:
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def accepted(
+    body: dict[str, Any], replayed: bool, *, waited: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """``202 Accepted`` with ``Location`` and the job body (``Idempotent-Replayed: true`` for a replay); ``200 OK``
-    with ``Preference-Applied: wait=N`` when the answer waited for the job's end."""
-    headers = {"Location": f"/jobs/{body['id']}"}
+    with ``Preference-Applied: wait=N`` when the answer waited for the job's end. ``headers``: more to send (the
+    tenant's RateLimit headers)."""
+    headers = {**(headers or {}), "Location": f"/jobs/{body['id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    done = waited is not None and body["status"] in ("succeeded", "failed", "canceled")
+    done = waited is not None and body["status"] in TERMINAL
     if done:
         headers["Preference-Applied"] = f"wait={waited}"
     return JSONResponse(body, status_code=200 if done else 202, headers=headers)

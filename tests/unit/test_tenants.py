@@ -51,7 +51,7 @@ def test_without_a_file_there_is_one_default_tenant() -> None:
         ('[tenants.a]\nkeys = ["k"]\nweight = -1\n', "weight"),
         ('[tenants.a]\nkeys = ["k"]\nrate = "lots"\n', "rate 'lots'"),
         ('[tenants.a]\nkeys = ["k"]\nmax_queud = 3\n', "max_queud"),
-        ('[tenants.a]\nkeys = []\n', "keys"),
+        ("[tenants.a]\nkeys = []\n", "keys"),
         ('[tenants."a b"]\nkeys = ["k"]\n', "tenant name"),
         ('[tenants.a]\nkeys = [" k"]\n', "blank or has spaces"),
         ("[other]\n", "unknown top-level"),
@@ -63,7 +63,7 @@ def test_an_invalid_file_is_refused_with_the_reason(text: str, message: str) -> 
 
     with pytest.raises(TenantsFileError, match=message) as info:
         parse_tenants(tomllib.loads(text))
-    assert "k\"" not in str(info.value)  # the message names key numbers, not keys
+    assert 'k"' not in str(info.value)  # the message names key numbers, not keys
 
 
 def test_an_unreadable_or_malformed_file_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""Tenants' submission rates: the ``limits`` library's moving window, counted in Redis so that every API process
+shares the counts, and the IETF ``RateLimit`` headers that tell a client where it stands.
+
+A tenant with ``rate = "600/minute"`` (``core.tenants``) may submit at most 600 jobs in any 60 s. Each submission
+takes one hit (``limits``' moving window: one script over one Redis list per tenant, shared by every API process);
+past the rate it is refused with 429 ``rate-limited`` and ``Retry-After``. Accepted or not, the answer carries the
+headers of draft-ietf-httpapi-ratelimit-headers (structured fields)::
+
+    RateLimit-Policy: "submit";q=600;w=60
+    RateLimit: "submit";r=599;t=60
+
+``q`` is the quota, ``w`` the window in seconds, ``r`` what is left of it and ``t`` the seconds until a place frees
+up. A tenant without a rate costs nothing here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from app.problems import Problem
+from core.tenants import Tenant, Tenants
+
+POLICY = "submit"
+
+
+class Quotas:
+    """The rate limiter of one API process (None of it is built without a tenant that has a rate)."""
+
+    def __init__(self, redis_url: str, tenants: Tenants, namespace: str) -> None:
+        self.namespace = namespace  # the queue name: stacks sharing a Redis keep apart
+        self.limiter: MovingWindowRateLimiter | None = None
+        if any(t.rate is not None for t in tenants):
+            self.limiter = MovingWindowRateLimiter(RedisStorage(redis_url))
+
+    def take(self, tenant: Tenant) -> dict[str, str]:
+        """One submission of ``tenant``: its RateLimit headers, or a 429 ``Problem`` (with them) past its rate."""
+        if tenant.rate is None or self.limiter is None:
+            return {}
+        item = tenant.rate
+        allowed = self.limiter.hit(item, self.namespace, tenant.name)
+        stats = self.limiter.get_window_stats(item, self.namespace, tenant.name)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        window = item.get_expiry()
+        headers = {
+            "RateLimit-Policy": f'"{POLICY}";q={item.amount};w={window}',
+            "RateLimit": f'"{POLICY}";r={max(stats.remaining, 0)};t={reset}',
+        }
+        if not allowed:
+            raise Problem(
+                429,
+                "rate-limited",
+                f"tenant {tenant.name} may submit {item.amount} jobs per {window} s ({tenant.rate_text}); "
+                f"a place frees up in {max(reset, 1)} s",
+                headers={**headers, "Retry-After": str(max(reset, 1))},
+            )
+        return headers
