@@ -97,10 +97,10 @@ def observed(redis_server: RedisServer, mnist_checkpoints: dict[str, str], tmp_p
         def settled() -> Samples | None:
             after = seen.api()
             ended = sum(
-                value(after, "diffusion_jobs_total", operation="mnist_sample", status=s)
+                value(after, "diffusion_jobs_total", operation="mnist_sample", status=s, tenant="default")
                 for s in ("succeeded", "canceled")
             ) - sum(
-                value(seen.before, "diffusion_jobs_total", operation="mnist_sample", status=s)
+                value(seen.before, "diffusion_jobs_total", operation="mnist_sample", status=s, tenant="default")
                 for s in ("succeeded", "canceled")
             )
             steps = value(after, "diffusion_step_seconds", operation="mnist_sample")
@@ -120,17 +120,18 @@ def test_job_counters_rose_by_exactly_the_jobs_with_their_labels(observed: Obser
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("diffusion_jobs_total", operation="mnist_sample", status="succeeded") == N
-    assert delta("diffusion_jobs_total", operation="mnist_sample", status="canceled") == 1
-    assert delta("diffusion_jobs_total", operation="mnist_sample", status="failed") == 0
+    ours = {"operation": "mnist_sample", "tenant": "default"}  # no tenants file: every job is the default tenant's
+    assert delta("diffusion_jobs_total", **ours, status="succeeded") == N
+    assert delta("diffusion_jobs_total", **ours, status="canceled") == 1
+    assert delta("diffusion_jobs_total", **ours, status="failed") == 0
     jobs = {
         (dict(labels)["operation"], dict(labels)["status"]) for name, labels in after if name == "diffusion_jobs_total"
     }
     assert jobs == {("mnist_sample", "succeeded"), ("mnist_sample", "canceled")}
     for histogram in ("diffusion_job_seconds", "diffusion_job_queued_seconds"):
-        assert delta(f"{histogram}_count", operation="mnist_sample") == N + 1
-    assert delta("diffusion_job_running_seconds_count", operation="mnist_sample") == N  # the canceled never ran
-    assert delta("diffusion_job_seconds_sum", operation="mnist_sample") > 0
+        assert delta(f"{histogram}_count", **ours) == N + 1
+    assert delta("diffusion_job_running_seconds_count", **ours) == N  # the canceled never ran
+    assert delta("diffusion_job_seconds_sum", **ours) > 0
     # the HTTP metrics: by route template, method and status; /metrics itself is not counted
     assert delta("diffusion_http_requests_total", route="/mnist/sample", method="POST", status="202") == N + 1
     assert delta("diffusion_http_requests_total", route="/jobs/{job_id}/cancel", method="POST", status="202") == 1
@@ -138,13 +139,13 @@ def test_job_counters_rose_by_exactly_the_jobs_with_their_labels(observed: Obser
     assert delta("diffusion_http_request_duration_seconds_count", route="/mnist/sample", method="POST") == N + 3
     # rejections by reason
     assert observed.rejected == {"invalid": 422, "unauthorized": 401}
-    assert delta("diffusion_rejected_submissions_total", reason="invalid") == 1
-    assert delta("diffusion_rejected_submissions_total", reason="unauthorized") == 1
-    assert delta("diffusion_rejected_submissions_total", reason="queue_full") == 0
+    assert delta("diffusion_rejected_submissions_total", reason="invalid", tenant="default") == 1
+    assert delta("diffusion_rejected_submissions_total", reason="unauthorized", tenant="none") == 1
+    assert delta("diffusion_rejected_submissions_total", reason="queue_full", tenant="none") == 0
     # no label carries an id
     for _, labels in after:
         for label, text in labels:
-            assert label in {"operation", "status", "model", "route", "method", "reason", "le", "quantile"}, label
+            assert label in {"operation", "status", "model", "route", "method", "reason", "tenant", "le", "quantile"}
             assert not re.fullmatch(r"[0-9a-f]{32}", text)
 
 

@@ -123,22 +123,24 @@ def _value(metrics: ApiMetrics, name: str, labels: dict[str, str]) -> float:
 def test_the_job_meter_counts_the_jobs_it_accepted_once() -> None:
     metrics = ApiMetrics()
     meter = JobMeter(metrics)
-    meter.accepted("a", "mnist_sample")
+    meter.accepted("a", "mnist_sample", "alice")
     meter.accepted("b", "if_sample")
     meter.done("a", _body("succeeded", 0.5, 2.0))
     meter.done("a", _body("succeeded", 0.5, 2.0))  # a second done of the same job: not counted again
     meter.done("c", _body("failed", 1, 1))  # another process's job
     meter.done("b", _body("canceled", 3.0, None))
     jobs = "diffusion_jobs_total"
-    assert _value(metrics, jobs, {"operation": "mnist_sample", "status": "succeeded"}) == 1
-    assert _value(metrics, jobs, {"operation": "if_sample", "status": "canceled"}) == 1
-    assert _value(metrics, jobs, {"operation": "mnist_sample", "status": "failed"}) == 0
-    assert _value(metrics, "diffusion_job_seconds_sum", {"operation": "mnist_sample"}) == pytest.approx(2.5)
-    assert _value(metrics, "diffusion_job_queued_seconds_sum", {"operation": "mnist_sample"}) == pytest.approx(0.5)
-    assert _value(metrics, "diffusion_job_running_seconds_sum", {"operation": "mnist_sample"}) == pytest.approx(2.0)
+    alice = {"operation": "mnist_sample", "tenant": "alice"}
+    other = {"operation": "if_sample", "tenant": "default"}
+    assert _value(metrics, jobs, {**alice, "status": "succeeded"}) == 1
+    assert _value(metrics, jobs, {**other, "status": "canceled"}) == 1
+    assert _value(metrics, jobs, {**alice, "status": "failed"}) == 0
+    assert _value(metrics, "diffusion_job_seconds_sum", alice) == pytest.approx(2.5)
+    assert _value(metrics, "diffusion_job_queued_seconds_sum", alice) == pytest.approx(0.5)
+    assert _value(metrics, "diffusion_job_running_seconds_sum", alice) == pytest.approx(2.0)
     # a job canceled while queued: queued until its end, never running
-    assert _value(metrics, "diffusion_job_queued_seconds_sum", {"operation": "if_sample"}) == pytest.approx(3.0)
-    assert _value(metrics, "diffusion_job_running_seconds_count", {"operation": "if_sample"}) == 0
+    assert _value(metrics, "diffusion_job_queued_seconds_sum", other) == pytest.approx(3.0)
+    assert _value(metrics, "diffusion_job_running_seconds_count", other) == 0
     assert len(meter) == 0
 
 
