@@ -205,10 +205,13 @@ def submit(
     owner: str | None = None,
     quotas: Quotas | None = None,
     headers: dict[str, str] | None = None,
+    exact_position: bool = True,
 ) -> tuple[dict[str, Any], bool]:
     """Enqueue one job of operation `op` for ``tenant`` (see the module docstring); returns (its body as
     ``GET /jobs/{id}`` shows it, replayed). ``owner``: the tenant an Idempotency-Key replay must belong to (None:
-    any). ``headers`` (out): the RateLimit headers of the tenant's rate, for the answer.
+    any). ``headers`` (out): the RateLimit headers of the tenant's rate, for the answer. ``exact_position=False``:
+    the caller will not show the queue position (it waits for the job's end), so the submission reads no more
+    than its own list's length.
 
     The idempotency fingerprint is taken over the request as the client sent it (before a random seed
     is filled in), so a replay matches. With an Idempotency-Key, the first request stores key -> (job id,
@@ -322,6 +325,7 @@ def submit(
             priority=params.priority,
             counted=counted,
             cache_key=cache_entry if owns_entry else None,
+            exact_position=exact_position,
         )
         enqueued = True
         depth.seen(position + 1)

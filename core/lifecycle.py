@@ -195,11 +195,13 @@ class Lifecycle:
         priority: str = "normal",
         counted: str | None = None,
         cache_key: str | None = None,
+        exact_position: bool = True,
     ) -> int:
         """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI on the queue of its
         tenant and priority; returns its queue position (0 = next): under the fair-share policy with a tenants file
-        (the LLENs it needs ride in the same MULTI), its index in its own list without one. With ``pipeline``, the
-        commands are added to it and -1 is returned (the caller executes it)."""
+        (the LLENs it needs ride in the same MULTI; ``exact_position=False`` leaves them out, for a caller that
+        will not show the position), else its index in its own list. With ``pipeline``, the commands are added to
+        it and -1 is returned (the caller executes it)."""
         queue = self.queue_for(tenant, priority)
         job = queue.create_job(
             func,
@@ -237,7 +239,8 @@ class Lifecycle:
             pipe.publish(submitted_channel(), self.queue.name)
         lengths = len(pipe.command_stack)
         others: list[float] = []
-        if self.per_tenant:
+        exact = self.per_tenant and exact_position
+        if exact:
             own = self.lists_of(tenant)
             for key in own[: PRIORITIES.index(priority)]:
                 pipe.llen(key)
@@ -252,7 +255,7 @@ class Lifecycle:
         if push is None:
             return -1
         position = int(replies[push]) - 1
-        if not self.per_tenant:
+        if not exact:
             return position
         rest = [int(n) for n in replies[lengths - first :]]
         higher = PRIORITIES.index(priority)

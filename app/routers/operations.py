@@ -163,6 +163,7 @@ class Submitter:
         if not self.wait or not await self.hub.ready():
             body, replayed = await self._enqueue(submit, op, job_id)
             return accepted(body, replayed, headers=self.headers)
+        submit = partial(submit, exact_position=False)  # the answer shows the job's end, or a fresh look at it
         future = self.hub.expect(job_id)
         try:
             body, replayed = await self._enqueue(submit, op, job_id)
