@@ -88,3 +88,30 @@ def test_queue_names_per_tenant_and_without_a_file() -> None:
     )
     with pytest.raises(ValueError):
         queue_name("inference", "a", "urgent", per_tenant=True)
+
+
+# ---- the result cache's key (app/cache.py) ------------------------------------------------------------------------
+
+
+def test_the_cache_key_changes_with_the_upload_the_parameters_the_weights_and_the_code() -> None:
+    from dataclasses import replace
+
+    from app.cache import cache_digest, model_digests
+    from core.operations import OPERATIONS
+
+    op = OPERATIONS["if_sdedit"]
+    params = {"prompt": "a cat", "i_start": 10, "guidance": 7.0, "upscale": False, "seed": 1}
+    infos = {"w1": {"models": {"if_stage1": {"digest": "sha256:aa;float16;cuda"}}}}
+    base = cache_digest(op, params, {"image": b"png-1"}, infos)
+    assert base is not None and base == cache_digest(op, dict(reversed(params.items())), {"image": b"png-1"}, infos)
+    assert cache_digest(op, params, {"image": b"png-2"}, infos) != base
+    assert cache_digest(op, params | {"i_start": 11}, {"image": b"png-1"}, infos) != base
+    assert cache_digest(op, params | {"seed": 2}, {"image": b"png-1"}, infos) != base
+    other = {"w1": {"models": {"if_stage1": {"digest": "sha256:bb;float16;cuda"}}}}
+    assert cache_digest(op, params, {"image": b"png-1"}, other) != base
+    assert cache_digest(replace(op, version=2), params, {"image": b"png-1"}, infos) != base
+    # workers that disagree, or publish no digest, or lack stage II for an upscale: no key
+    assert cache_digest(op, params, {"image": b"png-1"}, {**infos, **{"w2": other["w1"]}}) is None
+    assert cache_digest(op, params, {"image": b"png-1"}, {"w1": {"models": {"if_stage1": {}}}}) is None
+    assert cache_digest(op, params | {"upscale": True}, {"image": b"png-1"}, infos) is None
+    assert model_digests({}, ("mnist_class",)) is None
