@@ -280,7 +280,7 @@ def submit(
         if params.seed is not None and params.cache:
             digest = cache_digest(op, job_params, uploads, workers.infos)
             if digest is not None:
-                cache_entry = cache_key(digest)
+                cache_entry = cache_key(lifecycle.queue.name, tenant.name, digest)
                 ttl = settings.result_ttl_s + settings.job_timeout_s
                 source = lifecycle.cache_claim(cache_entry, job_id, ttl)
                 owns_entry = source is None

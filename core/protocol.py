@@ -17,7 +17,7 @@ hash, ``core.record``; the operations and the dotted names of their job function
 | ``svc:submitted`` | pub/sub channel | the base queue name, once per job submitted to a list the workers do not block on (``core.lifecycle``) |
 | ``svc:fair:<queue>`` | hash | the fair-share claim's state: whose turn it is and each tenant's deficit (``core.record.START``) |
 | ``svc:queued:<queue>:<tenant>`` | string | a tenant's jobs waiting or running, for its ``max_queued`` |
-| ``svc:cache:<key>`` | string | result cache: request key -> the job registered for it (``app.cache``) |
+| ``svc:cache:<queue>:<tenant>:<key>`` | string | result cache: request key -> the job registered for it (``app.cache``) |
 """
 
 from __future__ import annotations
@@ -118,9 +118,11 @@ def submitted_channel() -> str:
     return f"{KEY_PREFIX}:submitted"
 
 
-def cache_key(digest: str) -> str:
-    """The result cache's entry of a request (``digest``: the SHA-256 of what determines its output)."""
-    return f"{KEY_PREFIX}:cache:{digest}"
+def cache_key(queue: str, tenant: str, digest: str) -> str:
+    """The result cache's entry of a request (``digest``: the SHA-256 of what determines its output), per queue
+    (deployments that share a Redis keep apart: their stores differ) and per tenant (a hit must not tell one tenant
+    what another asked for, nor let another's delete take its files away)."""
+    return f"{KEY_PREFIX}:cache:{queue}:{tenant}:{digest}"
 
 
 def cancel_channel() -> str:

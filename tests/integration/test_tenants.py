@@ -110,6 +110,12 @@ def test_a_job_is_invisible_to_another_tenant_and_no_log_line_has_a_key(make_sta
             assert other.json()["type"] == "urn:problem:job-not-found", other.text
         assert getattr(http, method)(path).status_code == 401
     assert http.get(f"/jobs/{job}", headers=key("alice")).status_code == 200  # bob's delete did nothing
+    # the result cache is per tenant: the same seeded request of bob's runs (and alice's is a hit)
+    again = {**SMALL, "seed": 1}
+    mine = http.post("/mnist/sample", params=again, headers={**key("alice"), "Prefer": "wait=30"}).json()
+    assert mine["cached"] is True and mine["source"] == job
+    theirs = http.post("/mnist/sample", params=again, headers={**key("bob"), "Prefer": "wait=30"}).json()
+    assert theirs["status"] == "succeeded" and theirs["cached"] is False
     assert http.delete(f"/jobs/{job}", headers=key("alice")).status_code == 204
     assert http.get(f"/jobs/{job}", headers=key("alice")).status_code == 410
     assert http.get(f"/jobs/{job}", headers=key("bob")).status_code == 404  # its tombstone is alice's too
