@@ -58,7 +58,7 @@ def test_a_seeded_request_again_is_answered_from_the_cache(stack: Stack) -> None
     redis = redis_client.Redis.from_url(stack.redis_url)
     own_ttl = redis.pttl(record_key(second["id"]))
     source_ttl = redis.pttl(record_key(first["id"]))
-    assert 0 < own_ttl and abs(source_ttl - own_ttl) < 1000
+    assert own_ttl > 0 and abs(source_ttl - own_ttl) < 1000
     # its events: one done, as for any job
     events = stack.client.get(f"/jobs/{second['id']}/events").text
     assert events.count("event: done") == 1 and '"cached":true' in events
