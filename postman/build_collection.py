@@ -258,6 +258,72 @@ def wait_and_delete_folder() -> dict[str, Any]:
     }
 
 
+def cache_folder() -> dict[str, Any]:
+    """The same seeded request twice: the second is answered from the result cache (``cached``, its ``source``), at
+    once; ``priority`` and ``cache`` are job options beside the parameters."""
+    headers = [*_headers(), {"key": "Prefer", "value": "wait=60", "type": "text"}]
+    query = {"digit": "5", "n": "2", "seed": "2025", "priority": "high"}
+    return {
+        "name": "Result cache and priority",
+        "item": [
+            {
+                "name": "first run",
+                "request": {
+                    "method": "POST",
+                    "header": headers,
+                    "url": _url("/mnist/sample", query),
+                    "description": "a seeded request (priority high: first among this tenant's waiting jobs)",
+                },
+                "event": _script(
+                    [
+                        "pm.test('run by a worker', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  const body = pm.response.json();",
+                        "  pm.expect(body.status).to.eql('succeeded');",
+                        "  pm.expect(body.priority).to.eql('high');",
+                        "  pm.collectionVariables.set('cacheSourceId', body.id);",
+                        "});",
+                    ]
+                ),
+            },
+            {
+                "name": "same request: from the cache",
+                "request": {
+                    "method": "POST",
+                    "header": headers,
+                    "url": _url("/mnist/sample", query),
+                    "description": "the same request, seed, weights and code: answered at once with the same files",
+                },
+                "event": _script(
+                    [
+                        "pm.test('cached, from the first run', () => {",
+                        "  pm.response.to.have.status(200);",
+                        "  const body = pm.response.json();",
+                        "  pm.expect(body.cached).to.eql(true);",
+                        "  pm.expect(body.source).to.eql(pm.collectionVariables.get('cacheSourceId'));",
+                        "});",
+                    ]
+                ),
+            },
+            {
+                "name": "cache=false: run again",
+                "request": {
+                    "method": "POST",
+                    "header": headers,
+                    "url": _url("/mnist/sample", {**query, "cache": "false"}),
+                    "description": "bypasses the cache",
+                },
+                "event": _script(
+                    [
+                        "pm.test('not cached', () => { pm.response.to.have.status(200);"
+                        " pm.expect(pm.response.json().cached).to.eql(false); });"
+                    ]
+                ),
+            },
+        ],
+    }
+
+
 def collection() -> dict[str, Any]:
     health = {
         "name": "Health",
@@ -362,6 +428,7 @@ def collection() -> dict[str, Any]:
         ),
         events_folder(),
         wait_and_delete_folder(),
+        cache_folder(),
         {
             "name": "Errors",
             "item": [
