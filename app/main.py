@@ -22,7 +22,9 @@ from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.routers import events, health, jobs, operations
+from app.routers import webhooks as webhook_routes
 from app.routers.studio import install_studio
+from app.webhooks import Deliverer
 from core.lifecycle import Lifecycle, service_queue
 from core.settings import Settings, get_settings
 
@@ -56,9 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
+        app.state.webhooks = Deliverer(settings)  # sends the webhook deliveries the jobs' transitions queue
+        app.state.webhooks.start()
         try:
             yield
         finally:
+            await app.state.webhooks.close()
             await app.state.events.close()
             await run_in_threadpool(app.state.decoder.close)
             app.state.redis.close()
@@ -77,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(webhook_routes.router)
     app.include_router(operations.router(settings))
     install_docs(app)
     install_studio(app)
