@@ -16,12 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import openai_errors
 from app.docs import install_docs
 from app.events import EventHub
 from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
 from app.problems import Problem, install_problem_handlers, problem_response
-from app.routers import events, health, jobs, operations
+from app.routers import events, health, jobs, openai, operations
 from app.routers import webhooks as webhook_routes
 from app.routers.studio import install_studio
 from app.webhooks import Deliverer
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhook_routes.router)
     app.include_router(operations.router(settings))
+    app.include_router(openai.router(settings))
+    openai_errors.install(app)  # /v1 answers errors in OpenAI's shape (after the problem handlers and middleware)
     install_docs(app)
     install_studio(app)
     return app
