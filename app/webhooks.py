@@ -27,6 +27,7 @@ import logging
 import random
 import socket
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from standardwebhooks.webhooks import Webhook
 from app.problems import Problem
 from core import webhooks
 from core.operations import Operation, OperationParams
+from core.protocol import JobState
 from core.record import RECORD_PREFIX, VIEW_FIELDS, JobRecord, dumps, iso, record_key
 from core.settings import Settings
 from core.webhooks import AllowList, Delivery, IPAddress, Target, TargetRefused, parse_target
@@ -230,16 +232,33 @@ class Deliverer:
             log.exception("webhook %s of job %s: unexpected error", delivery.event, delivery.job_id)
 
     def _body(self, delivery: Delivery) -> str | None:
-        """The payload: for ``completed`` the body of the ``done`` event (stored by the job's end); for ``start``
-        and ``progress`` the job body as it is now. None: nothing to send (no webhook on the record, a progress
-        delivery that came after the job stopped running)."""
+        """The payload: for ``completed`` the body of the ``done`` event (stored by the job's end); for
+        ``progress`` the job body as it is now; for ``start`` the job as ``START`` left it (running, no progress
+        yet, nothing of its end: a short job may have ended before its start is sent). None: nothing to send (no
+        webhook on the record, a progress delivery that came after the job stopped running)."""
         record = JobRecord.from_hash(delivery.job_id, delivery.record)
         if record is None or not record.webhook:
             return None
         if delivery.event == "completed":
             return delivery.record.get("webhook_body") or dumps(record.body())
-        if delivery.event == "progress" and record.state.value != "running":
+        if delivery.event == "progress" and record.state is not JobState.running:
             return None
+        if delivery.event == "start":
+            record = replace(
+                record,
+                state=JobState.running,
+                progress=None,
+                finished=None,
+                files=[],
+                main=None,
+                error=None,
+                error_code=None,
+                webhook_state=None,
+                webhook_attempts=0,
+                webhook_status=None,
+                webhook_delivered_at=None,
+                webhook_error=None,
+            )
         return dumps(record.body())
 
     async def _send(self, delivery: Delivery, body: str) -> Outcome:

@@ -128,6 +128,18 @@ def test_start_and_progress_are_delivered_and_throttled(hooks: Stack, receiver: 
     assert ids.count(f"{job}-completed") == 1 and verified(got[-1])["status"] == "succeeded"
 
 
+def test_a_start_sent_after_the_job_ended_shows_the_start(hooks: Stack, receiver: Receiver) -> None:
+    """A one-step job ends long before the deliverer's next look: its start still shows the job as it started."""
+    final = run_job(hooks, receiver.url("/quick"), webhook_events=["start", "completed"])
+    got = receiver.wait_for("/quick", 2)
+    by_id = {r.headers["webhook-id"]: verified(r) for r in got}
+    start = by_id[f"{final['id']}-start-1"]
+    assert start["status"] == "running" and start["progress"] is None and start["finished_at"] is None
+    assert start["results"] == {} and start["webhook"]["state"] is None
+    assert start["started_at"] == final["started_at"] and start["params"] == final["params"]
+    assert by_id[f"{final['id']}-completed"] == final
+
+
 def test_a_500_is_retried_with_the_same_webhook_id(hooks: Stack, receiver: Receiver) -> None:
     receiver.answers["/flaky"] = [Answer(500), Answer(503), Answer(200)]
     final = run_job(hooks, receiver.url("/flaky"))
