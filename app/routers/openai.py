@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from app import jobs
@@ -46,7 +47,7 @@ from core.lifecycle import Lifecycle
 from core.operations import IF_UPSCALE, MAX_SEED, OPERATIONS, IfSdedit, OperationParams
 from core.protocol import JobState
 from core.settings import Settings
-from core.store import ResultStore, StoreError, StoreNotFound, open_store
+from core.store import FolderStore, ResultStore, StoreError, StoreNotFound
 
 #: model id -> the operation its generations run
 MODELS = {"deepfloyd-if": "if_sample", "mnist-flow": "mnist_sample"}
@@ -169,10 +170,12 @@ def if_upscale(lifecycle: Lifecycle, size: str | None) -> bool:
     if size in (None, "", "auto"):
         return False
     match = _SIZE_RE.fullmatch(size)
+    if match is None or match[1] != match[2]:
+        raise _bad("size", f"{size!r} is not a square WIDTHxHEIGHT size (deepfloyd-if draws square images)")
     stage1, stage2 = if_sizes(lifecycle)
-    sizes = [f"{s}x{s}" for s in (stage1, stage2) if s]
-    if match is None or match[1] != match[2] or int(match[1]) not in (stage1, stage2):
-        raise _bad("size", f"{size!r} is not a size of deepfloyd-if here; one of {', '.join(sizes)}")
+    if int(match[1]) not in (stage1, stage2):
+        sizes = ", ".join(f"{s}x{s}" for s in (stage1, stage2) if s)
+        raise _bad("size", f"{size!r} is not a size of deepfloyd-if here; one of {sizes}")
     return int(match[1]) == stage2 and stage2 != stage1
 
 
@@ -187,10 +190,12 @@ class Images:
         self.hub: EventHub = request.app.state.events
 
     def store(self) -> ResultStore:
+        """The app's result store once the lifespan opens one (``app.state.store``); until then the results folder
+        the workers write to (``RESULTS_DIR``), as the download routes read it."""
         state = self.request.app.state
         store: ResultStore | None = getattr(state, "store", None) or getattr(state, "openai_store", None)
         if store is None:
-            store = state.openai_store = open_store(self.settings)
+            store = state.openai_store = FolderStore(self.settings.results_dir)
         return store
 
     async def run(
@@ -240,7 +245,7 @@ class Images:
 
     async def _cancel(self, ids: list[str]) -> None:
         for job_id in ids:
-            with contextlib.suppress(Problem, OSError, StoreError):
+            with contextlib.suppress(Problem, OSError, RedisError):
                 record, _ = await run_in_threadpool(jobs.fetch, self.lifecycle, job_id)
                 if not record.state.terminal:
                     await run_in_threadpool(jobs.cancel, self.lifecycle, record)
