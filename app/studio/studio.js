@@ -7,7 +7,7 @@
 
 const KEY_STORAGE = "studio.apiKey";
 const SLIDERS = new Set(["i_start", "t"]);
-const OPTION_FIELDS = ["guidance", "seed", "upscale", "previews", "trajectory"];
+const OPTION_FIELDS = ["guidance", "seed", "upscale", "previews", "trajectory", "webhook", "webhook_events"];
 const LABELS = {
   mnist_sample: "MNIST digits",
   if_sample: "Text to image",
@@ -27,6 +27,8 @@ const FIELD_LABELS = {
   previews: "Live previews",
   trajectory: "Trajectory GIF",
   upscale: "Upscale to 256×256 (stage II)",
+  webhook: "Webhook URL",
+  webhook_events: "Webhook events",
 };
 const DEFAULTS = {
   if_sample: { prompt: "an oil painting of a snowy mountain village" },
