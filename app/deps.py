@@ -90,9 +90,18 @@ IdempotencyKey = Annotated[
 async def require_api_key(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    """When API_KEY is set, every protected route needs the header X-API-Key (constant-time check)."""
+    """When API_KEY is set, every protected route needs the key: the header ``X-API-Key: <key>``, or
+    ``Authorization: Bearer <key>`` (as the openai SDK and most HTTP clients send one). Constant-time check."""
     if not settings.api_key:
         return
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), settings.api_key.encode()):
-        raise Problem(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    given = x_api_key if x_api_key is not None else (token.strip() if scheme.lower() == "bearer" else None)
+    if given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        raise Problem(
+            401,
+            "unauthorized",
+            "missing or wrong API key (X-API-Key header, or Authorization: Bearer)",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )

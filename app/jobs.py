@@ -16,6 +16,7 @@ from typing import Any
 
 from app.problems import Problem
 from app.schemas import OperationState
+from app.webhooks import checked_webhook
 from core.lifecycle import AsyncRecords, Lifecycle
 from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams
 from core.protocol import JobState, capabilities_key, idempotency_key
@@ -155,6 +156,7 @@ def submit(
     ensure_servable(lifecycle, op.name)
     if getattr(params, "upscale", False):
         ensure_servable(lifecycle, IF_UPSCALE)
+    hook = checked_webhook(settings, op, params)  # the job options: not in the job's params (core.operations)
     uploads = uploads or {}
     request = params.model_dump(mode="json")
     job_params = request | {"seed": pick_seed(params.seed)}
@@ -168,7 +170,8 @@ def submit(
                 "Idempotency-Key must be 1 to 200 characters",
                 errors=[{"name": "Idempotency-Key", "in": "header", "reason": "length 1..200"}],
             )
-        fingerprint = _fingerprint(op.name, request, uploads)
+        options = {"webhook": list(hook)} if hook else {}
+        fingerprint = _fingerprint(op.name, request | options, uploads)
         entry = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
         key = idempotency_key(idem_key)
         if not redis.set(key, entry, nx=True, ex=settings.result_ttl_s):
@@ -212,6 +215,8 @@ def submit(
             submitted=submitted,
             request_id=request_id,
             traceparent=traceparent,
+            webhook=hook[0] if hook else None,
+            webhook_events=hook[1] if hook else (),
         )
         depth.seen(position + 1)
     except BaseException:
@@ -227,6 +232,8 @@ def submit(
         submitted=submitted,
         request_id=request_id,
         traceparent=traceparent,
+        webhook=hook[0] if hook else None,
+        webhook_events=hook[1] if hook else (),
     )
     return record.body(position), False
 

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import openai_errors
 from app.docs import install_docs
 from app.events import EventHub
 from app.imagecheck import DecoderPool
@@ -23,9 +24,11 @@ from app.jobs import QueueDepth
 from app.metrics import CONTENT_TYPE, ApiMetrics, JobMeter, RedisGauges, process_exit, render
 from app.observability import Observability
 from app.problems import Problem, install_problem_handlers, problem_response
-from app.routers import events, health, jobs, operations
+from app.routers import events, health, jobs, openai, operations
+from app.routers import webhooks as webhook_routes
 from app.routers.studio import install_studio
 from app.uploads import human_bytes
+from app.webhooks import Deliverer
 from core import logs, tracing
 from core.gauges import GaugeReader
 from core.lifecycle import AsyncRecords, Lifecycle, service_queue
@@ -70,9 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gauges = RedisGauges(GaugeReader(app.state.lifecycle, default_step_s=settings.pending_step_s_default))
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
+        app.state.webhooks = Deliverer(settings)  # sends the webhook deliveries the jobs' transitions queue
+        app.state.webhooks.start()
         try:
             yield
         finally:
+            await app.state.webhooks.close()
             await app.state.events.close()
             await run_in_threadpool(app.state.decoder.close)
             app.state.redis.close()
@@ -101,7 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(webhook_routes.router)
     app.include_router(operations.router(settings))
+    app.include_router(openai.router(settings))
+    openai_errors.install(app)  # /v1 answers errors in OpenAI's shape (after the problem handlers and middleware)
     install_docs(app)
     install_studio(app)
     return app

@@ -16,7 +16,7 @@ is in the past is lost, and ``recover`` hands its jobs back (or fails them when 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from core import events
+from core import events, webhooks
 from core.protocol import JobState, cancel_channel, capabilities_key, held_key, tombstone_key, workers_key
 from core.record import (
     RECORD_PREFIX,
@@ -116,10 +116,12 @@ class Lifecycle:
         pipeline: Pipeline | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] = (),
     ) -> int:
         """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI; returns its queue
         position (0 = next). With ``pipeline``, the commands are added to it and -1 is returned (the caller
-        executes it)."""
+        executes it). ``webhook`` and its events go into the record (no extra command)."""
         job = self.queue.create_job(
             func,
             kwargs={"params": dict(params)},
@@ -137,6 +139,8 @@ class Lifecycle:
             submitted=submitted,
             request_id=request_id,
             traceparent=traceparent,
+            webhook=webhook,
+            webhook_events=webhook_events,
         )
         pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=True)
         first = len(pipe.command_stack)
@@ -210,7 +214,7 @@ class Lifecycle:
         now_iso = utc_now()
         replies = run(
             self.scripts.start,
-            [held_key(worker), self.queue.key, self.started_key],
+            [held_key(worker), self.queue.key, self.started_key, webhooks.SCHEDULE_KEY],
             [
                 first or "",
                 more,
@@ -222,6 +226,7 @@ class Lifecycle:
                 events.CHANNEL,
                 RECORD_PREFIX,
                 events.STREAM_PREFIX,
+                time.time(),
             ],
         )
         started, skipped = [], []
@@ -244,7 +249,7 @@ class Lifecycle:
         """Append a ``progress`` or ``preview`` event of a running attempt (and record the progress)."""
         result = run(
             self.scripts.event,
-            [record_key(job_id), events.stream_key(job_id)],
+            [record_key(job_id), events.stream_key(job_id), webhooks.SCHEDULE_KEY],
             [
                 job_id,
                 event,
@@ -253,6 +258,8 @@ class Lifecycle:
                 self.maxlen,
                 events.CHANNEL,
                 dumps(progress) if progress else "",
+                time.time(),
+                webhooks.PROGRESS_INTERVAL_S,
             ],
         )
         return _str(result) if result else None
@@ -268,10 +275,13 @@ class Lifecycle:
     ) -> bool | None:
         """The terminal transition: ``record``, already in its terminal state, is written (its end fields and
         ``extra``), its ``done`` event (``record.body()``) pushed, the record and events set to expire in
-        RESULT_TTL_S, and RQ's status and registries updated. False when ``guard`` refused (``core.record.FINISH``),
-        None when the record is gone (the job was deleted meanwhile)."""
+        RESULT_TTL_S, and RQ's status and registries updated; a webhook that wants ``completed`` gets that delivery
+        queued with the same body. False when ``guard`` refused (``core.record.FINISH``), None when the record is
+        gone (the job was deleted meanwhile)."""
         state = record.state
         assert state.terminal
+        if record.wants_completed:  # the script sets it too (from the record): the body shows it
+            record = replace(record, webhook_state="pending")
         body = record.body()
         fields = {
             "finished": record.finished or utc_now(),
@@ -294,6 +304,7 @@ class Lifecycle:
                 self.queue.key,
                 self.started_key,
                 self.registry_key[state],
+                webhooks.SCHEDULE_KEY,
             ],
             [
                 record.id,
@@ -306,6 +317,7 @@ class Lifecycle:
                 dumps(dict(progress_event)) if progress_event else "",
                 dumps(body),
                 guard,
+                time.time(),
                 *flat_pairs(fields),
             ],
         )

@@ -34,12 +34,14 @@ __all__ = [
     "OPERATIONS",
     "STRIDED_STEPS",
     "VIEW_NAMES",
+    "WEBHOOK_EVENTS",
     "IfAnagram",
     "IfDenoise",
     "IfHybrid",
     "IfInpaint",
     "IfSample",
     "IfSdedit",
+    "JobOptions",
     "MnistSample",
     "Operation",
     "OperationParams",
@@ -98,8 +100,58 @@ def _setting_names(annotation: Any, metadata: Iterable[Any] = ()) -> set[str]:
     return names
 
 
-class OperationParams(BaseModel):
-    """Parameters every operation shares; subclasses add their own."""
+#: What a webhook can be told about a job (``JobOptions.webhook_events``).
+WEBHOOK_EVENTS = ("start", "progress", "completed")
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_URL_MAX = 2000
+
+
+class JobOptions(BaseModel):
+    """How the service handles a job, as opposed to what the job computes: accepted by every operation in the
+    same place as its parameters, and never part of the job's recorded ``params`` (``exclude=True``): the worker
+    neither sees nor validates them, and the same parameters with other options give the same PNG. The API reads
+    them from the validated model (``options``) and keeps them in the job record. Later options (a priority, a
+    cache switch) join here the same way."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    webhook: str | None = Field(
+        None,
+        exclude=True,
+        min_length=8,
+        max_length=WEBHOOK_URL_MAX,
+        pattern=r"^[hH][tT][tT][pP][sS]?://[^\s]+$",
+        description="an http(s) URL that gets a signed POST (Standard Webhooks) with the job body when the job "
+        "ends, and for the other `webhook_events`; the target must be allowed by WEBHOOK_ALLOW "
+        "(loopback, private, link-local and metadata addresses are refused by default)",
+        examples=["https://example.com/hooks/diffusion"],
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        exclude=True,
+        max_length=len(WEBHOOK_EVENTS),
+        description="which events the webhook gets (repeat the field): `start`, `progress` (at most every 0.5 s, "
+        "never retried) and `completed` (retried); default `completed`",
+        examples=[["completed"]],
+    )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_a_webhook(cls, events: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if events and "webhook" in info.data and info.data["webhook"] is None:  # (absent: it failed, and says so)
+            raise ValueError("needs a webhook (the webhook field)")
+        return events
+
+    @property
+    def wanted_events(self) -> tuple[str, ...]:
+        """The webhook's events, deduplicated, in the order of ``WEBHOOK_EVENTS`` (default ``completed``)."""
+        chosen = set(self.webhook_events or ("completed",))
+        return tuple(event for event in WEBHOOK_EVENTS if event in chosen)
+
+
+class OperationParams(JobOptions):
+    """Parameters every operation shares; subclasses add their own. The job options (``JobOptions``) come with
+    them and are left out of ``model_dump``."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

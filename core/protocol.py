@@ -14,6 +14,7 @@ hash, ``core.record``; the operations and the dotted names of their job function
 | ``svc:held:<worker>`` | list | the jobs a worker holds (claimed, running or being committed) |
 | ``svc:capabilities`` | hash | worker name -> what it serves, and why not the rest (JSON) |
 | ``svc:cancels`` | pub/sub channel | the id of each job whose cancel was requested while it ran |
+| ``svc:webhooks`` | sorted set | webhook deliveries ``<job>:<event>`` -> when to send them (``core.webhooks``) |
 """
 
 from __future__ import annotations

@@ -25,17 +25,26 @@ Service fields (strings; JSON where marked):
 | ``timings`` | JSON: ``queued_s``, ``run_s``, ``model_s`` |
 | ``request_id`` | the ``X-Request-ID`` of the submission (the worker's log lines about the job carry it) |
 | ``traceparent`` | W3C trace context of the submission's span, when tracing is on (``core.tracing``) |
+| ``webhook``, ``webhook_events`` | the webhook URL and its events (comma-separated), from the submission |
+| ``webhook_state`` | of the ``completed`` delivery: ``pending``, ``retrying``, ``delivered`` or ``failed`` |
+| ``webhook_attempts``, ``webhook_status``, ``webhook_delivered_at``, ``webhook_error`` | of the ``completed`` delivery: attempts so far, the HTTP status of the last one, when it was delivered, why the last one failed |
+| ``webhook_body``, ``webhook_first`` | the payload of the ``completed`` delivery (the body of the ``done`` event) and the unix time it was queued (its retry window starts there) |
+| ``webhook_progress_at``, ``webhook_progress_id`` | unix time and event id of the last ``progress`` delivery queued (its 0.5 s throttle, its ``webhook-id``) |
 
 Transitions:
 
 | transition | who | state | event |
 | --- | --- | --- | --- |
 | submit | API (``submit_commands``) | queued | ``status`` queued |
-| start (``START``) | a worker, for up to N jobs at once | running, attempt + 1 | ``status`` running |
-| progress, preview (``EVENT``) | the worker running it | (``progress``) | ``progress``, ``preview`` |
-| finish (``FINISH``) | that worker; the API for a queued job it cancels; any worker for a lost worker's job | terminal | ``done`` |
+| start (``START``) | a worker, for up to N jobs at once | running, attempt + 1 | ``status`` running; webhook ``start`` |
+| progress, preview (``EVENT``) | the worker running it | (``progress``) | ``progress``, ``preview``; webhook ``progress`` (throttled) |
+| finish (``FINISH``) | that worker; the API for a queued job it cancels; any worker for a lost worker's job | terminal | ``done``; webhook ``completed`` |
 | hand back (``REQUEUE``) | a stopping worker; any worker for a lost worker's job with retries left | queued | ``status`` queued |
 | cancel a running job (``CANCEL_RUNNING``) | API | (``cancel`` = 1) | none: published to the workers |
+
+A webhook delivery is queued by the transition itself (``core.webhooks``), only for a job whose record has a
+webhook that wants the event: the scripts read ``webhook`` and ``webhook_events`` with the HMGET they make anyway,
+so a job without a webhook costs no extra command.
 
 Scripts compute the record and stream keys of the jobs they touch from the prefixes they are given (single Redis
 instance, as RQ itself; no Redis Cluster).
@@ -54,6 +63,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 from rq.job import Job
 
+from core import webhooks
 from core.protocol import TERMINAL_STATES, JobState
 
 #: RQ's ``status`` for each state of ours
@@ -86,6 +96,17 @@ FIELDS = (
     "timings",
     "request_id",
     "traceparent",
+    "webhook",
+    "webhook_events",
+    "webhook_state",
+    "webhook_attempts",
+    "webhook_status",
+    "webhook_delivered_at",
+    "webhook_error",
+    "webhook_body",
+    "webhook_first",
+    "webhook_progress_at",
+    "webhook_progress_id",
 )
 
 
@@ -153,6 +174,13 @@ class JobRecord:
     timeout_s: float | None = None  # RQ's ``timeout`` field: the job's time limit
     request_id: str | None = None
     traceparent: str | None = None
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    webhook_state: str | None = None
+    webhook_attempts: int = 0
+    webhook_status: int | None = None
+    webhook_delivered_at: str | None = None
+    webhook_error: str | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord | None:
@@ -185,7 +213,34 @@ class JobRecord:
             timeout_s=float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None,
             request_id=values.get("request_id") or None,
             traceparent=values.get("traceparent") or None,
+            webhook=values.get("webhook") or None,
+            webhook_events=tuple(e for e in (values.get("webhook_events") or "completed").split(",") if e),
+            webhook_state=values.get("webhook_state") or None,
+            webhook_attempts=int(values.get("webhook_attempts") or 0),
+            webhook_status=int(status) if (status := values.get("webhook_status") or "").isdigit() else None,
+            webhook_delivered_at=values.get("webhook_delivered_at") or None,
+            webhook_error=values.get("webhook_error") or None,
         )
+
+    @property
+    def wants_completed(self) -> bool:
+        """Whether the job's end queues a ``completed`` delivery (``FINISH`` decides the same from the record)."""
+        return bool(self.webhook) and "completed" in self.webhook_events
+
+    def webhook_body(self) -> dict[str, Any] | None:
+        """The ``webhook`` object of the job body: the URL, its events, and the state of the ``completed``
+        delivery (``state`` None until the job ends, or when ``completed`` is not wanted)."""
+        if not self.webhook:
+            return None
+        return {
+            "url": self.webhook,
+            "events": list(self.webhook_events),
+            "state": self.webhook_state,
+            "attempts": self.webhook_attempts,
+            "last_status": self.webhook_status,
+            "last_error": self.webhook_error,
+            "delivered_at": self.webhook_delivered_at,
+        }
 
     def body(self, position: int | None = None) -> dict[str, Any]:
         """The job as ``GET /jobs/{id}`` shows it (``app.schemas.JobBody`` documents it)."""
@@ -209,6 +264,7 @@ class JobRecord:
             "cancel_requested": self.cancel,
             "attempts": max(self.attempt, 1),
             "request_id": self.request_id,
+            "webhook": self.webhook_body(),
         }
 
 
@@ -224,8 +280,11 @@ def new_fields(
     submitted: str | None = None,
     request_id: str | None = None,
     traceparent: str | None = None,
+    webhook: str | None = None,
+    webhook_events: Sequence[str] = (),
 ) -> dict[str, str]:
-    """The service's fields of a new record (state queued), written with RQ's own at enqueue."""
+    """The service's fields of a new record (state queued), written with RQ's own at enqueue (the optional ones
+    only when they have a value: the same one HSET either way)."""
     fields = {
         "state": JobState.queued.value,
         "kind": kind,
@@ -239,19 +298,25 @@ def new_fields(
         fields["request_id"] = request_id
     if traceparent:
         fields["traceparent"] = traceparent
+    if webhook:
+        fields["webhook"] = webhook
+        fields["webhook_events"] = ",".join(webhook_events or ("completed",))
     return fields
 
 
 # ---- scripts ----------------------------------------------------------------------------------------------------
 
-_TERMINAL_LUA = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n"
+_TERMINAL_LUA = (
+    "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n" + webhooks.QUEUE_LUA
+)
 
-# KEYS: held list of the worker, RQ queue, RQ started registry.
+# KEYS: held list of the worker, RQ queue, RQ started registry, webhook schedule.
 # ARGV: job id already moved into the held list ('' = none), how many more to take from the queue, worker name,
 #       now (ISO), now (RQ's format), started-registry score, stream maxlen, events channel, record prefix,
-#       stream prefix.
+#       stream prefix, now (unix seconds).
 # Returns one entry per job taken: {id, 1, HMGET of START_FIELDS after the start} for a started job, or
 # {id, 0, state} for one that is not startable (canceled while being claimed, deleted, not the service's).
+# A job whose webhook wants ``start`` gets that delivery queued (once per attempt).
 START_FIELDS = (
     "state",
     "attempt",
@@ -264,6 +329,8 @@ START_FIELDS = (
     "timeout",
     "request_id",
     "traceparent",
+    "webhook",
+    "webhook_events",
 )
 START = (
     _TERMINAL_LUA
@@ -272,7 +339,7 @@ local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
   local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
-    'cancel', 'timeout', 'request_id', 'traceparent')
+    'cancel', 'timeout', 'request_id', 'traceparent', 'webhook', 'webhook_events')
   if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
     out[#out + 1] = {id, 0, f[1] or ''}
@@ -285,6 +352,7 @@ local function start(id)
   local sid = redis.call('XADD', ARGV[10] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event', 'status', 'data', data)
   redis.call('PUBLISH', ARGV[8], id .. ' ' .. sid .. ' status ' .. data)
   redis.call('ZADD', KEYS[3], ARGV[6], id .. ':a' .. attempt)
+  if wants(f[12], f[13], 'start') then redis.call('ZADD', KEYS[4], ARGV[11], id .. ':start') end
   f[1], f[2] = 'running', tostring(attempt)
   out[#out + 1] = {id, 1, f}
 end
@@ -300,27 +368,47 @@ return out
 """
 )
 
-# KEYS: record, stream. ARGV: job id, event, data, attempt, maxlen, channel, progress JSON ('' = unchanged).
-# Appends a progress or preview event of the running attempt; false if the job is not running that attempt.
-EVENT = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+# KEYS: record, stream, webhook schedule. ARGV: job id, event, data, attempt, maxlen, channel, progress JSON
+# ('' = unchanged), now (unix seconds), webhook progress interval (s).
+# Appends a progress or preview event of the running attempt; false if the job is not running that attempt. A
+# progress event of a job whose webhook wants ``progress`` queues that delivery, at most once per interval (a
+# pending one is replaced: the receiver gets the latest progress); one more command than without (the ZADD).
+EVENT = (
+    webhooks.QUEUE_LUA
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'webhook', 'webhook_events', 'webhook_progress_at')
 if cur[1] ~= 'running' or cur[2] ~= ARGV[4] then return false end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[7]) end
+local hook = ARGV[2] == 'progress' and wants(cur[3], cur[4], 'progress')
+  and tonumber(ARGV[8]) - tonumber(cur[5] or '0') >= tonumber(ARGV[9])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[2], 'data', ARGV[3])
 redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. id .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+if hook then
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[1], 'progress', ARGV[7], 'webhook_progress_at', ARGV[8], 'webhook_progress_id', id)
+  else
+    redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[8], 'webhook_progress_id', id)
+  end
+  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1] .. ':progress')
+elseif ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[7])
+end
 return id
 """
+)
 
-# KEYS: record, stream, held list of the worker, RQ queue, RQ started registry, RQ registry of the outcome.
+# KEYS: record, stream, held list of the worker, RQ queue, RQ started registry, RQ registry of the outcome, webhook
+#       schedule.
 # ARGV: job id, state, RQ status, ttl, registry score, stream maxlen, events channel, progress data ('' = none),
-#       done data, guard, then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only a queued
-#       one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only while <name> runs it.
+#       done data, guard, now (unix seconds), then field/value pairs. Guard: '' = any job not yet terminal;
+#       'queued' = only a queued one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only
+#       while <name> runs it.
 # Returns 1, 0 if the guard refused (another transition came first), or -1 if the record is gone (the job was
-# deleted meanwhile: the caller removes what it stored for it).
+# deleted meanwhile: the caller removes what it stored for it). A job whose webhook wants ``completed`` gets that
+# delivery queued (one ZADD) with the done data as its body (``webhook_body``, in the same HSET).
 FINISH = (
     _TERMINAL_LUA
     + """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt', 'webhook', 'webhook_events')
 local st = cur[1]
 if not st then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
@@ -332,8 +420,14 @@ if guard == 'queued' and st ~= 'queued' then return 0 end
 if string.sub(guard, 1, 7) == 'worker:' and (st ~= 'running' or cur[2] ~= string.sub(guard, 8)) then return 0 end
 if string.sub(guard, 1, 8) == 'attempt:' and cur[3] ~= string.sub(guard, 9) then return 0 end
 if st == 'queued' then redis.call('LREM', KEYS[4], 0, ARGV[1]) end
+local hook = wants(cur[4], cur[5], 'completed')
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+if hook then
+  for _, v in ipairs({'webhook_state', 'pending', 'webhook_body', ARGV[9], 'webhook_first', ARGV[11]}) do
+    fields[#fields + 1] = v
+  end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], unpack(fields))
 if ARGV[8] ~= '' then
   local pid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'progress', 'data', ARGV[8])
@@ -348,6 +442,7 @@ if st == 'running' then
   redis.call('ZREM', KEYS[5], ARGV[1] .. ':a' .. (cur[3] or ''))
 end
 redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
+if hook then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[1] .. ':completed') end
 return 1
 """
 )
@@ -424,7 +519,9 @@ local pos = false
 if st == 'queued' then pos = redis.call('LPOS', KEYS[2], ARGV[1]) end
 return {values, pos, 1}
 """
-VIEW_FIELDS = (*FIELDS, "timeout")  # "state" first: the script reads it
+#: What ``VIEW`` reads: every field of ours but the webhook's delivery internals, and RQ's ``timeout``.
+VIEW_FIELDS = (*(f for f in FIELDS if f not in webhooks.DELIVERY_FIELDS and f != "webhook_progress_at"), "timeout")
+assert VIEW_FIELDS[0] == "state"  # the script reads it first
 
 # KEYS: record, stream, RQ queue, RQ started, finished, failed and canceled registries, tombstone.
 # ARGV: job id, tombstone ttl, cancel channel.
