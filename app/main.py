@@ -66,7 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.depth = QueueDepth()
         app.state.store = open_store(settings)
         app.state.events = EventHub(
-            settings, app.state.lifecycle, on_done=meter.done, on_listeners=metrics.listeners.inc
+            settings,
+            app.state.lifecycle,
+            on_done=meter.done,
+            on_listeners=metrics.listeners.inc,
+            wants_done=meter.counts,
         )
         app.state.events.start()  # subscribed from the start: every done event reaches the job metrics
         app.state.records = AsyncRecords(app.state.events.aredis, app.state.queue)

@@ -52,12 +52,12 @@ instance, as RQ itself; no Redis Cluster).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
@@ -139,14 +139,14 @@ def _json(text: str | None, default: Any) -> Any:
     if not text:
         return default
     try:
-        return json.loads(text)
+        return orjson.loads(text)
     except ValueError:
         return default
 
 
 def dumps(value: Any) -> str:
     """Compact JSON, as every event and record field is stored."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return orjson.dumps(value, default=str).decode()
 
 
 @dataclass

@@ -8,10 +8,10 @@ with backoff for at most ``write_timeout_s``; then the job fails with the code `
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Protocol
 
+import orjson
 import stamina
 import torch
 import torch.nn.functional as F
@@ -125,5 +125,8 @@ class ResultWriter:
 
     def commit(self, manifest: dict[str, Any]) -> list[str]:
         """Write the manifest (the commit point); returns every result name, the manifest last."""
-        self._put(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode(), "application/json")
+        data = orjson.dumps(
+            manifest, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+        )
+        self._put(MANIFEST, data, "application/json")
         return [*self.files, MANIFEST]
