@@ -177,10 +177,8 @@ class OperationParams(JobOptions):
     @classmethod
     def bounded(cls, settings: Settings) -> type[Self]:
         """This model with the limits of ``settings`` (one class per model and set of limit values)."""
-        names: set[str] = set()
-        for info in cls.model_fields.values():
-            names |= _setting_names(info.annotation, info.metadata)
-        return _bounded(cls, tuple(sorted((name, getattr(settings, name)) for name in names)))  # type: ignore[return-value]
+        names = _limit_names(cls)
+        return _bounded(cls, tuple((name, getattr(settings, name)) for name in names))  # type: ignore[return-value]
 
     @classmethod
     def setting_limits(cls) -> dict[str, str]:
@@ -195,6 +193,15 @@ class OperationParams(JobOptions):
                     for setting in _setting_names(info.annotation, info.metadata):
                         out[info.alias or name] = setting
         return out
+
+
+@cache
+def _limit_names(cls: type[OperationParams]) -> tuple[str, ...]:
+    """The settings the ``SettingLimit`` markers of ``cls`` refer to, sorted (computed once per model)."""
+    names: set[str] = set()
+    for info in cls.model_fields.values():
+        names |= _setting_names(info.annotation, info.metadata)
+    return tuple(sorted(names))
 
 
 @cache

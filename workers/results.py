@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from core import tracing
 from core.protocol import JobError
+from core.store import StoreNotFound
 from models import imageio
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class ResultWriter:
             self._put_retried(name, data, content_type)
 
     def _put_retried(self, name: str, data: bytes, content_type: str) -> None:
+        try:  # the common case first, without the retry machinery (it costs more than a small write)
+            self.store.put(self.job_id, name, data, content_type)
+            return
+        except self.retry_on as exc:
+            log.warning("job %s: writing %s failed (%s); retrying with backoff", self.job_id, name, exc)
         try:
             for attempt in stamina.retry_context(
                 on=self.retry_on, attempts=None, timeout=self.write_timeout_s, wait_initial=0.2, wait_max=5.0
@@ -81,6 +87,12 @@ class ResultWriter:
 
     def input_bytes(self, name: str) -> bytes:
         """An upload the API stored with the job (``inputs/<name>``)."""
+        try:
+            return self.store.get(self.job_id, f"inputs/{name}")
+        except StoreNotFound as exc:
+            raise JobError("invalid-request", f"the upload {name!r} is no longer stored (deleted or expired)") from exc
+        except self.retry_on as exc:
+            log.warning("job %s: reading the upload %s failed (%s); retrying with backoff", self.job_id, name, exc)
         try:
             for attempt in stamina.retry_context(
                 on=self.retry_on, attempts=None, timeout=self.write_timeout_s, wait_initial=0.2, wait_max=5.0
