@@ -45,8 +45,23 @@ STORE_RETRY_AFTER_S = 5
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
+SMALL_BYTES = 256 * 1024  # a plain download of at most this many bytes is read in one go
+_CONDITIONAL = ("range", "if-none-match", "if-modified-since", "if-range")
+
+
 class _Unsatisfiable(Exception):
     pass
+
+
+def _open_small(store: ResultStore, job_id: str, name: str) -> tuple[StoredObject, bytes | None]:
+    """The object opened, and its whole body when it is small (then it is closed already)."""
+    obj = store.open(job_id, name)
+    if obj.size > SMALL_BYTES:
+        return obj, None
+    try:
+        return obj, obj.read()
+    finally:
+        obj.close()
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -146,6 +161,26 @@ async def store_response(
 ) -> Response:
     """Answer a GET or HEAD of the object ``(job_id, name)``: see the module docstring. ``media_type`` defaults to
     the store's content type. Raises `StoreNotFound` when there is no such object."""
+    if request.method == "GET" and not redirect and not any(h in request.headers for h in _CONDITIONAL):
+        # the common case, a plain download: one call to the store (one thread hop), the whole body at once when
+        # it is small (a result PNG, a manifest, a preview)
+        try:
+            obj, data = await run_in_threadpool(_open_small, store, job_id, name)
+        except InvalidKey:
+            raise StoreNotFound(f"no object {name!r}") from None
+        except StoreUnavailable as exc:
+            return store_unavailable(request, exc, retry_after_s)
+        headers = {
+            "ETag": obj.etag,
+            "Last-Modified": formatdate(obj.last_modified, usegmt=True),
+            "Cache-Control": cache_control,
+            "Accept-Ranges": "bytes",
+        }
+        kind = media_type or obj.content_type or "application/octet-stream"
+        if data is not None:
+            return Response(data, status_code=200, headers=headers, media_type=kind)
+        headers["Content-Length"] = str(obj.end - obj.start)
+        return _ObjectResponse(obj, 200, headers, kind)
     try:
         info = await run_in_threadpool(store.stat, job_id, name)
     except InvalidKey:

@@ -106,11 +106,13 @@ class EventHub:
         *,
         on_done: Callable[[str, dict[str, Any]], None] | None = None,
         on_listeners: Callable[[int], None] | None = None,
+        wants_done: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.on_done = on_done  # every done event (the job metrics count the jobs this process accepted)
         self.on_listeners = on_listeners  # +1 / -1 as a listener comes and goes
+        self.wants_done = wants_done  # whether on_done wants a job's done event (else it is not even parsed)
         # A blocking pool: when a terminal event wakes hundreds of listeners at once, their reads wait for one of
         # AREDIS_CONNECTIONS connections instead of failing with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -222,10 +224,14 @@ class EventHub:
                     self._resync()
                 first, delay = False, 0.1
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        event = events.parse_message(message["data"])
-                        if event is not None:
-                            self._dispatch(event)
+                    if message.get("type") != "message":
+                        continue
+                    parts = events.split_message(message["data"])
+                    if parts is None or not self._wants(parts[0], parts[2]):
+                        continue  # every API process hears every job's events: most are not its business
+                    event = events.parse_split(*parts)
+                    if event is not None:
+                        self._dispatch(event)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -249,6 +255,15 @@ class EventHub:
             snapshot = await anyio.to_thread.run_sync(self._look_up, job_id)
             if snapshot.body is not None and snapshot.state is not None and snapshot.state.terminal:
                 self._resolve(job_id, snapshot.body)
+
+    def _wants(self, job_id: str, event: str) -> bool:
+        """Whether an event needs parsing here: a listener or a waiter has its job, or it is a ``done`` the job
+        metrics count (``wants_done``), or a start or end that moves the queue positions listeners see."""
+        if job_id in self.listeners or job_id in self.waiters:
+            return True
+        if event == "done" and self.wants_done is not None and self.wants_done(job_id):
+            return True
+        return event in ("status", "done") and any(p is not None for p in self._positions.values())
 
     def _dispatch(self, event: Event) -> None:
         if event.terminal:

@@ -14,11 +14,12 @@ import os
 import signal
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 
@@ -73,6 +74,29 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> str:
     )
 
 
+def alpha_mask(data: bytes, max_pixels: int) -> bytes | Refused:
+    """An edit mask in OpenAI's convention (its fully transparent pixels are the ones to repaint) as a mask in ours
+    (white = generate, black = keep): a grayscale PNG, 255 where the alpha is 0, else 0, EXIF orientation applied as
+    the worker applies it to every upload. A mask without an alpha channel is refused (it marks nothing)."""
+    found = inspect_image(data, max_pixels)
+    if isinstance(found, Refused):
+        return found
+    with Image.open(io.BytesIO(data), formats=list(FORMATS)) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if not (image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info):
+            return Refused(
+                422, "mask-without-alpha", "the mask has no alpha channel (its transparent pixels mark the edit)"
+            )
+        alpha = image.convert("RGBA").getchannel("A")
+    ours = alpha.point(lambda a: 255 if a == 0 else 0)
+    out = io.BytesIO()
+    ours.save(out, format="PNG")
+    return out.getvalue()
+
+
+T = TypeVar("T")
+
+
 def _quiet_child() -> None:
     # Ctrl-C reaches the whole process group: the API shuts the pool down itself, so a decoder process
     # ignores SIGINT instead of printing a KeyboardInterrupt traceback.
@@ -103,10 +127,17 @@ class DecoderPool:
         A decoder process that dies (killed for memory, a crash in a codec) breaks the whole pool: it is
         replaced and the upload tried once more; dying twice makes it a 422 rather than a 500 for everyone
         after it."""
+        return self._run(inspect_image, data, max_pixels)
+
+    def alpha_mask(self, data: bytes, max_pixels: int) -> bytes | Refused:
+        """``alpha_mask`` in a decoder process (blocking, as ``inspect``)."""
+        return self._run(alpha_mask, data, max_pixels)
+
+    def _run(self, fn: Callable[[bytes, int], T], data: bytes, max_pixels: int) -> T | Refused:
         for attempt in range(2):
             pool = self._pool
             try:
-                return pool.submit(inspect_image, data, max_pixels).result()
+                return pool.submit(fn, data, max_pixels).result()
             except BrokenProcessPool:
                 with self._lock:
                     if self._pool is pool:  # the first thread to see it replaces it

@@ -27,6 +27,7 @@ from app.cache import cache_digest
 from app.problems import Problem
 from app.quotas import Quotas
 from app.schemas import OperationState
+from app.webhooks import checked_webhook
 from core.gauges import merge_step_times
 from core.lifecycle import AsyncRecords, Lifecycle, tombstone_parts
 from core.operations import IF_UPSCALE, OPERATIONS, Operation, OperationParams, cost_key, estimated_steps, step_weight
@@ -222,6 +223,7 @@ def submit(
     ensure_servable(lifecycle, op.name)
     if getattr(params, "upscale", False):
         ensure_servable(lifecycle, IF_UPSCALE)
+    hook = checked_webhook(settings, op, params)  # the job options: not in the job's params (core.operations)
     uploads = uploads or {}
     request = params.model_dump(mode="json")
     job_params = request | {"seed": pick_seed(params.seed)}
@@ -235,7 +237,8 @@ def submit(
                 "Idempotency-Key must be 1 to 200 characters",
                 errors=[{"name": "Idempotency-Key", "in": "header", "reason": "length 1..200"}],
             )
-        fingerprint = _fingerprint(op.name, request, uploads)
+        options = {"webhook": list(hook)} if hook else {}
+        fingerprint = _fingerprint(op.name, request | options, uploads)
         entry = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
         key = idempotency_key(f"{tenant.name}:{idem_key}" if owner is not None else idem_key)
         if not redis.set(key, entry, nx=True, ex=settings.result_ttl_s):
@@ -276,8 +279,10 @@ def submit(
             traceparent=traceparent,
             tenant=tenant.name,
             priority=params.priority,
+            webhook=hook[0] if hook else None,
+            webhook_events=hook[1] if hook else (),
         )
-        if params.seed is not None and params.cache:
+        if params.seed is not None and params.cache and not hook:  # (a webhook wants its job run and delivered)
             digest = cache_digest(op, job_params, uploads, workers.infos)
             if digest is not None:
                 cache_entry = cache_key(lifecycle.queue.name, tenant.name, digest)
@@ -326,6 +331,8 @@ def submit(
             counted=counted,
             cache_key=cache_entry if owns_entry else None,
             exact_position=exact_position,
+            webhook=hook[0] if hook else None,
+            webhook_events=hook[1] if hook else (),
         )
         enqueued = True
         depth.seen(position + 1)

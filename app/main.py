@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import openai_errors
 from app.docs import install_docs
 from app.events import EventHub
 from app.imagecheck import DecoderPool
@@ -24,9 +25,11 @@ from app.metrics import CONTENT_TYPE, ApiMetrics, JobMeter, RedisGauges, process
 from app.observability import Observability
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.quotas import Quotas
-from app.routers import events, health, jobs, operations
+from app.routers import events, health, jobs, openai, operations
+from app.routers import webhooks as webhook_routes
 from app.routers.studio import install_studio
 from app.uploads import human_bytes
+from app.webhooks import Deliverer
 from core import logs, tracing
 from core.gauges import GaugeReader
 from core.lifecycle import AsyncRecords, Lifecycle, service_queue
@@ -70,16 +73,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.depth = QueueDepth()
         app.state.store = open_store(settings)
         app.state.events = EventHub(
-            settings, app.state.lifecycle, on_done=meter.done, on_listeners=metrics.listeners.inc
+            settings,
+            app.state.lifecycle,
+            on_done=meter.done,
+            on_listeners=metrics.listeners.inc,
+            wants_done=meter.counts,
         )
         app.state.events.start()  # subscribed from the start: every done event reaches the job metrics
         app.state.records = AsyncRecords(app.state.events.aredis, app.state.lifecycle)
         app.state.gauges = RedisGauges(GaugeReader(app.state.lifecycle, default_step_s=settings.pending_step_s_default))
         app.state.decoder = DecoderPool()
         await run_in_threadpool(app.state.decoder.warm_up)
+        app.state.webhooks = Deliverer(settings)  # sends the webhook deliveries the jobs' transitions queue
+        app.state.webhooks.start()
         try:
             yield
         finally:
+            await app.state.webhooks.close()
             await app.state.events.close()
             await run_in_threadpool(app.state.decoder.close)
             app.state.redis.close()
@@ -109,7 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(webhook_routes.router)
     app.include_router(operations.router(settings))
+    app.include_router(openai.router(settings))
+    openai_errors.install(app)  # /v1 answers errors in OpenAI's shape (after the problem handlers and middleware)
     install_docs(app)
     install_studio(app)
     return app

@@ -213,6 +213,10 @@ class JobMeter:
     def forget(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
 
+    def counts(self, job_id: str) -> bool:
+        """Whether this process accepted the job (its done event is counted here)."""
+        return job_id in self._jobs
+
     def done(self, job_id: str, body: Mapping[str, Any]) -> None:
         """A job's ``done`` event: count it if this process accepted it (once: it is forgotten)."""
         entry = self._jobs.pop(job_id, None)

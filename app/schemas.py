@@ -16,6 +16,20 @@ class Progress(BaseModel):
     stage: str | None = Field(None, description="for DeepFloyd jobs: 'I' (64x64) or 'II' (upscale)")
 
 
+class WebhookState(BaseModel):
+    """A job's webhook and the state of its `completed` delivery."""
+
+    url: str
+    events: list[str] = Field(description="what the webhook gets: start, progress, completed")
+    state: str | None = Field(
+        None, description="of the completed delivery: pending, retrying, delivered or failed; null before the job ends"
+    )
+    attempts: int = Field(0, description="attempts of the completed delivery so far")
+    last_status: int | None = Field(None, description="the HTTP status of the last attempt (null: no answer)")
+    last_error: str | None = Field(None, description="why the last attempt failed (a redirect says where to)")
+    delivered_at: datetime | None = None
+
+
 class JobBody(BaseModel):
     """One job as clients see it."""
 
@@ -50,6 +64,7 @@ class JobBody(BaseModel):
         False, description="answered from the result cache: no worker ran it; its files are `source`'s"
     )
     source: str | None = Field(None, description="for a cached job, the job whose results it shows")
+    webhook: WebhookState | None = Field(None, description="the job's webhook, if it was submitted with one")
 
     model_config = {
         "json_schema_extra": {

@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from core.protocol import KEY_PREFIX
 
 EventName = Literal["status", "queue", "progress", "preview", "done"]
@@ -81,16 +83,29 @@ class Event:
         return self.event == "done"
 
 
+def split_message(message: bytes | str) -> tuple[str, str, str, bytes | str] | None:
+    """A pub/sub message of ``CHANNEL`` as (job id, stream id, event, its data still as JSON), without parsing the
+    data: a reader that has no use for the event skips it for the price of one split."""
+    if isinstance(message, bytes):
+        head = message.split(b" ", 3)
+        if len(head) != 4:
+            return None
+        return head[0].decode(), head[1].decode(), head[2].decode(), head[3]
+    parts = message.split(" ", 3)
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+
 def parse_message(message: bytes | str) -> Event | None:
     """A pub/sub message of ``CHANNEL`` as an Event (None if malformed)."""
-    text = message.decode() if isinstance(message, bytes) else message
-    parts = text.split(" ", 3)
-    if len(parts) != 4:
-        return None
-    job_id, stream_id, event, data = parts
+    parts = split_message(message)
+    return None if parts is None else parse_split(*parts)
+
+
+def parse_split(job_id: str, stream_id: str, event: str, data: bytes | str) -> Event | None:
+    """The Event of a split message (``split_message``): its data parsed."""
     try:
-        payload = json.loads(data)
-    except ValueError:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
         return None
     return Event(job_id, None if stream_id == "-" else stream_id, event, payload if isinstance(payload, dict) else {})
 

@@ -36,7 +36,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from core import events
+from core import events, webhooks
 from core.protocol import (
     KEY_PREFIX,
     JobState,
@@ -196,12 +196,15 @@ class Lifecycle:
         counted: str | None = None,
         cache_key: str | None = None,
         exact_position: bool = True,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] = (),
     ) -> int:
         """Enqueue a new job (state queued, its ``queued`` event, its tombstone) in one MULTI on the queue of its
         tenant and priority; returns its queue position (0 = next): under the fair-share policy with a tenants file
         (the LLENs it needs ride in the same MULTI; ``exact_position=False`` leaves them out, for a caller that
         will not show the position), else its index in its own list. With ``pipeline``, the commands are added to
-        it and -1 is returned (the caller executes it)."""
+        it and -1 is returned (the caller executes it). ``webhook`` and its events go into the record (no extra
+        command)."""
         queue = self.queue_for(tenant, priority)
         job = queue.create_job(
             func,
@@ -224,6 +227,8 @@ class Lifecycle:
             priority=priority,
             counted=counted,
             cache_key=cache_key,
+            webhook=webhook,
+            webhook_events=webhook_events,
         )
         pipe = pipeline if pipeline is not None else self.redis.pipeline(transaction=True)
         first = len(pipe.command_stack)
@@ -417,7 +422,7 @@ class Lifecycle:
         now_iso = utc_now()
         replies = run(
             self.scripts.start,
-            [held_key(worker), self.started_key, self.fair_key],
+            [held_key(worker), self.started_key, self.fair_key, webhooks.SCHEDULE_KEY],
             [
                 first or "",
                 more,
@@ -429,6 +434,7 @@ class Lifecycle:
                 events.CHANNEL,
                 RECORD_PREFIX,
                 events.STREAM_PREFIX,
+                time.time(),
                 *mode,
             ],
         )
@@ -456,7 +462,7 @@ class Lifecycle:
         """Append a ``progress`` or ``preview`` event of a running attempt (and record the progress)."""
         result = run(
             self.scripts.event,
-            [record_key(job_id), events.stream_key(job_id)],
+            [record_key(job_id), events.stream_key(job_id), webhooks.SCHEDULE_KEY],
             [
                 job_id,
                 event,
@@ -465,6 +471,8 @@ class Lifecycle:
                 self.maxlen,
                 events.CHANNEL,
                 dumps(progress) if progress else "",
+                time.time(),
+                webhooks.PROGRESS_INTERVAL_S,
             ],
         )
         return _str(result) if result else None
@@ -480,10 +488,13 @@ class Lifecycle:
     ) -> bool | None:
         """The terminal transition: ``record``, already in its terminal state, is written (its end fields and
         ``extra``), its ``done`` event (``record.body()``) pushed, the record and events set to expire in
-        RESULT_TTL_S, and RQ's status and registries updated. False when ``guard`` refused (``core.record.FINISH``),
-        None when the record is gone (the job was deleted meanwhile)."""
+        RESULT_TTL_S, and RQ's status and registries updated; a webhook that wants ``completed`` gets that delivery
+        queued with the same body. False when ``guard`` refused (``core.record.FINISH``), None when the record is
+        gone (the job was deleted meanwhile)."""
         state = record.state
         assert state.terminal
+        if record.wants_completed:  # the script sets it too (from the record): the body shows it
+            record = replace(record, webhook_state="pending")
         body = record.body()
         fields = {
             "finished": record.finished or utc_now(),
@@ -505,6 +516,7 @@ class Lifecycle:
                 held,
                 self.started_key,
                 self.registry_key[state],
+                webhooks.SCHEDULE_KEY,
             ],
             [
                 record.id,
@@ -518,6 +530,7 @@ class Lifecycle:
                 dumps(body),
                 guard,
                 QUEUE_PREFIX,
+                time.time(),
                 *flat_pairs(fields),
             ],
         )

@@ -34,6 +34,7 @@ __all__ = [
     "OPERATIONS",
     "STRIDED_STEPS",
     "VIEW_NAMES",
+    "WEBHOOK_EVENTS",
     "IfAnagram",
     "IfDenoise",
     "IfHybrid",
@@ -99,11 +100,17 @@ def _setting_names(annotation: Any, metadata: Iterable[Any] = ()) -> set[str]:
     return names
 
 
+#: What a webhook can be told about a job (``JobOptions.webhook_events``).
+WEBHOOK_EVENTS = ("start", "progress", "completed")
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_URL_MAX = 2000
+
+
 class JobOptions(BaseModel):
     """How the service handles a job, as opposed to what the job computes: accepted by every operation in the
     same place as its parameters, and never part of the job's recorded ``params`` (``exclude=True``): the worker
     neither sees nor validates them, and the same parameters with other options give the same PNG. The API reads
-    them from the validated model and keeps what it needs in the job record."""
+    them from the validated model (``options``) and keeps what it needs in the job record."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -121,6 +128,39 @@ class JobOptions(BaseModel):
         "code (`cached: true`, the same bytes); `false` always runs the job (and does not add it to the cache)",
         examples=[True],
     )
+
+    webhook: str | None = Field(
+        None,
+        exclude=True,
+        min_length=8,
+        max_length=WEBHOOK_URL_MAX,
+        pattern=r"^[hH][tT][tT][pP][sS]?://[^\s]+$",
+        description="an http(s) URL that gets a signed POST (Standard Webhooks) with the job body when the job "
+        "ends, and for the other `webhook_events`; the target must be allowed by WEBHOOK_ALLOW "
+        "(loopback, private, link-local and metadata addresses are refused by default)",
+        examples=["https://example.com/hooks/diffusion"],
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None,
+        exclude=True,
+        max_length=len(WEBHOOK_EVENTS),
+        description="which events the webhook gets (repeat the field): `start`, `progress` (at most every 0.5 s, "
+        "never retried) and `completed` (retried); default `completed`",
+        examples=[["completed"]],
+    )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_a_webhook(cls, events: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if events and "webhook" in info.data and info.data["webhook"] is None:  # (absent: it failed, and says so)
+            raise ValueError("needs a webhook (the webhook field)")
+        return events
+
+    @property
+    def wanted_events(self) -> tuple[str, ...]:
+        """The webhook's events, deduplicated, in the order of ``WEBHOOK_EVENTS`` (default ``completed``)."""
+        chosen = set(self.webhook_events or ("completed",))
+        return tuple(event for event in WEBHOOK_EVENTS if event in chosen)
 
 
 class OperationParams(JobOptions):
@@ -151,10 +191,8 @@ class OperationParams(JobOptions):
     @classmethod
     def bounded(cls, settings: Settings) -> type[Self]:
         """This model with the limits of ``settings`` (one class per model and set of limit values)."""
-        names: set[str] = set()
-        for info in cls.model_fields.values():
-            names |= _setting_names(info.annotation, info.metadata)
-        return _bounded(cls, tuple(sorted((name, getattr(settings, name)) for name in names)))  # type: ignore[return-value]
+        names = _limit_names(cls)
+        return _bounded(cls, tuple((name, getattr(settings, name)) for name in names))  # type: ignore[return-value]
 
     @classmethod
     def setting_limits(cls) -> dict[str, str]:
@@ -169,6 +207,15 @@ class OperationParams(JobOptions):
                     for setting in _setting_names(info.annotation, info.metadata):
                         out[info.alias or name] = setting
         return out
+
+
+@cache
+def _limit_names(cls: type[OperationParams]) -> tuple[str, ...]:
+    """The settings the ``SettingLimit`` markers of ``cls`` refer to, sorted (computed once per model)."""
+    names: set[str] = set()
+    for info in cls.model_fields.values():
+        names |= _setting_names(info.annotation, info.metadata)
+    return tuple(sorted(names))
 
 
 @cache

@@ -18,6 +18,7 @@ hash, ``core.record``; the operations and the dotted names of their job function
 | ``svc:fair:<queue>`` | hash | the fair-share claim's state: whose turn it is and each tenant's deficit (``core.record.START``) |
 | ``svc:queued:<queue>:<tenant>`` | string | a tenant's jobs waiting or running, for its ``max_queued`` |
 | ``svc:cache:<queue>:<tenant>:<key>`` | string | result cache: request key -> the job registered for it (``app.cache``) |
+| ``svc:webhooks`` | sorted set | webhook deliveries ``<job>:<event>`` -> when to send them (``core.webhooks``) |
 """
 
 from __future__ import annotations

@@ -25,25 +25,34 @@ Service fields (strings; JSON where marked):
 | ``timings`` | JSON: ``queued_s``, ``run_s``, ``model_s`` |
 | ``request_id`` | the ``X-Request-ID`` of the submission (the worker's log lines about the job carry it) |
 | ``traceparent`` | W3C trace context of the submission's span, when tracing is on (``core.tracing``) |
+| ``webhook``, ``webhook_events`` | the webhook URL and its events (comma-separated), from the submission |
+| ``webhook_state`` | of the ``completed`` delivery: ``pending``, ``retrying``, ``delivered`` or ``failed`` |
+| ``webhook_attempts``, ``webhook_status``, ``webhook_delivered_at``, ``webhook_error`` | of the ``completed`` delivery: attempts so far, the HTTP status of the last one, when it was delivered, why the last one failed |
+| ``webhook_body``, ``webhook_first`` | the payload of the ``completed`` delivery (the body of the ``done`` event) and the unix time it was queued (its retry window starts there) |
+| ``webhook_progress_at``, ``webhook_progress_id`` | unix time and event id of the last ``progress`` delivery queued (its 0.5 s throttle, its ``webhook-id``) |
 | ``tenant`` | the tenant that submitted it (``default`` without a tenants file); only that tenant's keys see it |
 | ``priority`` | ``high`` or ``low`` (absent: ``normal``): its place among its tenant's queued jobs |
 | ``counted`` | the tenant's ``max_queued`` counter it holds a place in (only for a tenant with a limit): the terminal transition and a delete give it back |
 | ``cache_key`` | the result cache entry it registered (a seeded job): a failure, cancel or delete removes the entry if it is still this job's |
 | ``source``, ``cached`` | of a job answered from the result cache: the job whose files it shows, and ``1`` |
 
-RQ's ``origin`` (the name of the RQ queue it was enqueued on: the tenant's queue of its priority) tells every script
-which list the job waits in (``queue_prefix`` + origin).
-
 Transitions:
 
 | transition | who | state | event |
 | --- | --- | --- | --- |
 | submit | API (``submit_commands``) | queued | ``status`` queued |
-| start (``START``) | a worker, for up to N jobs at once | running, attempt + 1 | ``status`` running |
-| progress, preview (``EVENT``) | the worker running it | (``progress``) | ``progress``, ``preview`` |
-| finish (``FINISH``) | that worker; the API for a queued job it cancels; any worker for a lost worker's job | terminal | ``done`` |
+| start (``START``) | a worker, for up to N jobs at once | running, attempt + 1 | ``status`` running; webhook ``start`` |
+| progress, preview (``EVENT``) | the worker running it | (``progress``) | ``progress``, ``preview``; webhook ``progress`` (throttled) |
+| finish (``FINISH``) | that worker; the API for a queued job it cancels; any worker for a lost worker's job | terminal | ``done``; webhook ``completed`` |
 | hand back (``REQUEUE``) | a stopping worker; any worker for a lost worker's job with retries left | queued | ``status`` queued |
 | cancel a running job (``CANCEL_RUNNING``) | API | (``cancel`` = 1) | none: published to the workers |
+
+A webhook delivery is queued by the transition itself (``core.webhooks``), only for a job whose record has a
+webhook that wants the event: the scripts read ``webhook`` and ``webhook_events`` with the HMGET they make anyway,
+so a job without a webhook costs no extra command.
+
+RQ's ``origin`` (the name of the RQ queue it was enqueued on: the tenant's queue of its priority) tells every script
+which list the job waits in (``queue_prefix`` + origin).
 
 Scripts compute the record and stream keys of the jobs they touch from the prefixes they are given (single Redis
 instance, as RQ itself; no Redis Cluster).
@@ -51,17 +60,18 @@ instance, as RQ itself; no Redis Cluster).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis import Redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 from rq.job import Job
 
+from core import webhooks
 from core.protocol import TERMINAL_STATES, JobState
 
 #: RQ's ``status`` for each state of ours
@@ -94,6 +104,17 @@ FIELDS = (
     "timings",
     "request_id",
     "traceparent",
+    "webhook",
+    "webhook_events",
+    "webhook_state",
+    "webhook_attempts",
+    "webhook_status",
+    "webhook_delivered_at",
+    "webhook_error",
+    "webhook_body",
+    "webhook_first",
+    "webhook_progress_at",
+    "webhook_progress_id",
     "tenant",
     "priority",
     "counted",
@@ -132,14 +153,14 @@ def _json(text: str | None, default: Any) -> Any:
     if not text:
         return default
     try:
-        return json.loads(text)
+        return orjson.loads(text)
     except ValueError:
         return default
 
 
 def dumps(value: Any) -> str:
     """Compact JSON, as every event and record field is stored."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return orjson.dumps(value, default=str).decode()
 
 
 @dataclass
@@ -167,6 +188,13 @@ class JobRecord:
     timeout_s: float | None = None  # RQ's ``timeout`` field: the job's time limit
     request_id: str | None = None
     traceparent: str | None = None
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    webhook_state: str | None = None
+    webhook_attempts: int = 0
+    webhook_status: int | None = None
+    webhook_delivered_at: str | None = None
+    webhook_error: str | None = None
     tenant: str = "default"
     priority: str = "normal"
     counted: str | None = None
@@ -205,6 +233,13 @@ class JobRecord:
             timeout_s=float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None,
             request_id=values.get("request_id") or None,
             traceparent=values.get("traceparent") or None,
+            webhook=values.get("webhook") or None,
+            webhook_events=tuple(e for e in (values.get("webhook_events") or "completed").split(",") if e),
+            webhook_state=values.get("webhook_state") or None,
+            webhook_attempts=int(values.get("webhook_attempts") or 0),
+            webhook_status=int(status) if (status := values.get("webhook_status") or "").isdigit() else None,
+            webhook_delivered_at=values.get("webhook_delivered_at") or None,
+            webhook_error=values.get("webhook_error") or None,
             tenant=values.get("tenant") or "default",
             priority=values.get("priority") or "normal",
             counted=values.get("counted") or None,
@@ -212,6 +247,26 @@ class JobRecord:
             source=values.get("source") or None,
             cached=values.get("cached") == "1",
         )
+
+    @property
+    def wants_completed(self) -> bool:
+        """Whether the job's end queues a ``completed`` delivery (``FINISH`` decides the same from the record)."""
+        return bool(self.webhook) and "completed" in self.webhook_events
+
+    def webhook_body(self) -> dict[str, Any] | None:
+        """The ``webhook`` object of the job body: the URL, its events, and the state of the ``completed``
+        delivery (``state`` None until the job ends, or when ``completed`` is not wanted)."""
+        if not self.webhook:
+            return None
+        return {
+            "url": self.webhook,
+            "events": list(self.webhook_events),
+            "state": self.webhook_state,
+            "attempts": self.webhook_attempts,
+            "last_status": self.webhook_status,
+            "last_error": self.webhook_error,
+            "delivered_at": self.webhook_delivered_at,
+        }
 
     @property
     def files_of(self) -> str:
@@ -242,6 +297,7 @@ class JobRecord:
             "cancel_requested": self.cancel,
             "attempts": max(self.attempt, 1),
             "request_id": self.request_id,
+            "webhook": self.webhook_body(),
             "cached": self.cached,
             "source": self.source,
         }
@@ -263,6 +319,8 @@ def new_fields(
     priority: str = "normal",
     counted: str | None = None,
     cache_key: str | None = None,
+    webhook: str | None = None,
+    webhook_events: Sequence[str] = (),
 ) -> dict[str, str]:
     """The service's fields of a new record (state queued), written with RQ's own at enqueue (in the one HSET: the
     optional ones cost no command)."""
@@ -279,6 +337,9 @@ def new_fields(
         fields["request_id"] = request_id
     if traceparent:
         fields["traceparent"] = traceparent
+    if webhook:
+        fields["webhook"] = webhook
+        fields["webhook_events"] = ",".join(webhook_events or ("completed",))
     fields["tenant"] = tenant
     if priority != "normal":
         fields["priority"] = priority
@@ -291,15 +352,20 @@ def new_fields(
 
 # ---- scripts ----------------------------------------------------------------------------------------------------
 
-_TERMINAL_LUA = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n"
+_TERMINAL_LUA = (
+    "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n" + webhooks.QUEUE_LUA
+)
 
-# KEYS: held list of the worker, RQ started registry, fair-share state (hash; a claim by fair share only).
+# KEYS: held list of the worker, RQ started registry, fair-share state (hash; a claim by fair share only), webhook
+#       schedule.
 # ARGV: job id already moved into the held list ('' = none), how many more to take, worker name, now (ISO), now (RQ's
-#       format), started-registry score, stream maxlen, events channel, record prefix, stream prefix, then the mode:
+#       format), started-registry score, stream maxlen, events channel, record prefix, stream prefix, now (unix
+#       seconds), then the mode:
 #       'fifo' followed by the lists to take from in order (one tenant: its high, normal and low lists), or 'fair'
 #       followed by one group per tenant: name, weight, its high, normal and low lists.
 # Returns one entry per job taken: {id, 1, HMGET of START_FIELDS after the start} for a started job, or
 # {id, 0, state} for one that is not startable (canceled while being claimed, deleted, not the service's).
+# A job whose webhook wants ``start`` gets that delivery queued (once per attempt).
 #
 # 'fair' is deficit round robin over the tenants with waiting jobs (quantum: weight jobs a turn), shared by every
 # worker through the state hash: 'turn' (whose turn it is), 'started' ('1': that turn already got its quantum) and
@@ -319,6 +385,8 @@ START_FIELDS = (
     "request_id",
     "traceparent",
     "tenant",
+    "webhook",
+    "webhook_events",
 )
 START = (
     _TERMINAL_LUA
@@ -327,7 +395,7 @@ local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
   local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
-    'cancel', 'timeout', 'request_id', 'traceparent', 'tenant')
+    'cancel', 'timeout', 'request_id', 'traceparent', 'tenant', 'webhook', 'webhook_events')
   if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
     out[#out + 1] = {id, 0, f[1] or ''}
@@ -340,17 +408,18 @@ local function start(id)
   local sid = redis.call('XADD', ARGV[10] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event', 'status', 'data', data)
   redis.call('PUBLISH', ARGV[8], id .. ' ' .. sid .. ' status ' .. data)
   redis.call('ZADD', KEYS[2], ARGV[6], id .. ':a' .. attempt)
+  if wants(f[13], f[14], 'start') then redis.call('ZADD', KEYS[4], ARGV[11], id .. ':start') end
   f[1], f[2] = 'running', tostring(attempt)
   out[#out + 1] = {id, 1, f}
 end
 local function fifo(room)
-  local args = {#ARGV - 11}
-  for i = 12, #ARGV do args[#args + 1] = ARGV[i] end
+  local args = {#ARGV - 12}
+  for i = 13, #ARGV do args[#args + 1] = ARGV[i] end
   args[#args + 1] = 'LEFT'
   args[#args + 1] = 'COUNT'
   local taken = {}
   while #taken < room do
-    args[#ARGV - 7] = room - #taken
+    args[#ARGV - 8] = room - #taken
     local more = redis.call('LMPOP', unpack(args))
     if not more then break end
     for _, id in ipairs(more[2]) do taken[#taken + 1] = id end
@@ -359,7 +428,7 @@ local function fifo(room)
 end
 local function fair(room)
   local names, weights, lists, at = {}, {}, {}, {}
-  for i = 12, #ARGV, 5 do
+  for i = 13, #ARGV, 5 do
     local k = #names + 1
     names[k], weights[k] = ARGV[i], tonumber(ARGV[i + 1])
     lists[k] = {ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]}
@@ -407,7 +476,7 @@ if ARGV[1] ~= '' then start(ARGV[1]) end
 local room = tonumber(ARGV[2])
 if room > 0 then
   local ids
-  if ARGV[11] == 'fair' then ids = fair(room) else ids = fifo(room) end
+  if ARGV[12] == 'fair' then ids = fair(room) else ids = fifo(room) end
   if #ids > 0 then
     redis.call('RPUSH', KEYS[1], unpack(ids))
     for _, id in ipairs(ids) do start(id) end
@@ -417,29 +486,48 @@ return out
 """
 )
 
-# KEYS: record, stream. ARGV: job id, event, data, attempt, maxlen, channel, progress JSON ('' = unchanged).
-# Appends a progress or preview event of the running attempt; false if the job is not running that attempt.
-EVENT = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+# KEYS: record, stream, webhook schedule. ARGV: job id, event, data, attempt, maxlen, channel, progress JSON
+# ('' = unchanged), now (unix seconds), webhook progress interval (s).
+# Appends a progress or preview event of the running attempt; false if the job is not running that attempt. A
+# progress event of a job whose webhook wants ``progress`` queues that delivery, at most once per interval (a
+# pending one is replaced: the receiver gets the latest progress); one more command than without (the ZADD).
+EVENT = (
+    webhooks.QUEUE_LUA
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'webhook', 'webhook_events', 'webhook_progress_at')
 if cur[1] ~= 'running' or cur[2] ~= ARGV[4] then return false end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[7]) end
+local hook = ARGV[2] == 'progress' and wants(cur[3], cur[4], 'progress')
+  and tonumber(ARGV[8]) - tonumber(cur[5] or '0') >= tonumber(ARGV[9])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[2], 'data', ARGV[3])
 redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. id .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+if hook then
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[1], 'progress', ARGV[7], 'webhook_progress_at', ARGV[8], 'webhook_progress_id', id)
+  else
+    redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[8], 'webhook_progress_id', id)
+  end
+  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1] .. ':progress')
+elseif ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[7])
+end
 return id
 """
+)
 
-# KEYS: record, stream, held list of the worker, RQ started registry, RQ registry of the outcome.
+# KEYS: record, stream, held list of the worker, RQ started registry, RQ registry of the outcome, webhook schedule.
 # ARGV: job id, state, RQ status, ttl, registry score, stream maxlen, events channel, progress data ('' = none),
-#       done data, guard, queue prefix, then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only
+#       done data, guard, queue prefix, now (unix seconds), then field/value pairs. Guard: '' = any job not yet terminal; 'queued' = only
 #       a queued one; 'attempt:<n>' = only while attempt n runs or waits; 'worker:<name>' = only while <name> runs it.
 # A queued job leaves its queue (queue prefix .. its RQ ``origin``); a job that holds a place in its tenant's
 # ``max_queued`` counter gives it back; one that did not succeed drops its result cache entry if it is still its own.
 # Returns 1, 0 if the guard refused (another transition came first), or -1 if the record is gone (the job was
-# deleted meanwhile: the caller removes what it stored for it).
+# deleted meanwhile: the caller removes what it stored for it). A job whose webhook wants ``completed`` gets that
+# delivery queued (one ZADD) with the done data as its body (``webhook_body``, in the same HSET).
 FINISH = (
     _TERMINAL_LUA
     + """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt', 'origin', 'counted', 'cache_key')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'worker', 'attempt', 'origin', 'counted', 'cache_key', 'webhook',
+  'webhook_events')
 local st = cur[1]
 if not st then
   redis.call('LREM', KEYS[3], 1, ARGV[1])
@@ -451,8 +539,14 @@ if guard == 'queued' and st ~= 'queued' then return 0 end
 if string.sub(guard, 1, 7) == 'worker:' and (st ~= 'running' or cur[2] ~= string.sub(guard, 8)) then return 0 end
 if string.sub(guard, 1, 8) == 'attempt:' and cur[3] ~= string.sub(guard, 9) then return 0 end
 if st == 'queued' and cur[4] then redis.call('LREM', ARGV[11] .. cur[4], 0, ARGV[1]) end
+local hook = wants(cur[7], cur[8], 'completed')
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+if hook then
+  for _, v in ipairs({'webhook_state', 'pending', 'webhook_body', ARGV[9], 'webhook_first', ARGV[12]}) do
+    fields[#fields + 1] = v
+  end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'status', ARGV[3], unpack(fields))
 if ARGV[8] ~= '' then
   local pid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'progress', 'data', ARGV[8])
@@ -469,6 +563,7 @@ end
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 if cur[5] then redis.call('DECR', cur[5]) end
 if cur[6] and ARGV[2] ~= 'succeeded' and redis.call('GET', cur[6]) == ARGV[1] then redis.call('DEL', cur[6]) end
+if hook then redis.call('ZADD', KEYS[6], ARGV[12], ARGV[1] .. ':completed') end
 return 1
 """
 )
@@ -575,12 +670,13 @@ for i = 6, first - 1, 2 do
 end
 return {values, ahead, 1}
 """
-#: What ``VIEW`` reads (state, tenant and priority first: the script reads them), and RQ's ``timeout``.
+#: What ``VIEW`` reads: every field of ours but the webhook's delivery internals (state, tenant and priority first:
+#: the script reads them), and RQ's ``timeout``.
 VIEW_FIELDS = (
     "state",
     "tenant",
     "priority",
-    *(f for f in FIELDS if f not in ("state", "tenant", "priority")),
+    *(f for f in FIELDS if f not in ("state", "tenant", "priority", *webhooks.DELIVERY_FIELDS, "webhook_progress_at")),
     "timeout",
 )
 

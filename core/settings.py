@@ -81,11 +81,38 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(256, ge=1, description="the most rows of one network forward, all jobs together")
 
     # --- security -------------------------------------------------------------------------
-    api_key: str | None = Field(None, description="if set, every request except health checks needs X-API-Key")
+    api_key: str | None = Field(
+        None,
+        description="if set, every request except health checks needs X-API-Key (or Authorization: Bearer <key>)",
+    )
     tenants_file: Path | None = Field(
         None,
         description="a TOML file of tenants (keys, weight, max_queued, rate), read at start by the API and the "
         "workers (core/tenants.py); set, it replaces API_KEY: every protected route needs a tenant's key",
+    )
+
+    # --- webhooks and the OpenAI-compatible API ---------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        None, description="whsec_<base64>: signs every webhook delivery (Standard Webhooks); unset: webhooks refused"
+    )
+    webhook_allow: str = Field(
+        "public",
+        description="comma-separated webhook targets allowed: host names, IP addresses or CIDRs, and `public` "
+        "(any public address); loopback, private, link-local, multicast, reserved and metadata addresses "
+        "need an entry of their own (metadata addresses are never allowed)",
+    )
+    webhook_retry_for_s: int = Field(
+        3600, ge=0, le=7 * 24 * 3600, description="how long a `completed` delivery is retried before it fails"
+    )
+    webhook_retry_initial_s: float = Field(
+        10,
+        gt=0,
+        le=15,
+        description="the first retry of a delivery comes 1 to 2 times this later; each next one doubles",
+    )
+    webhook_timeout_s: float = Field(10, gt=0, le=60, description="the longest one delivery attempt may take")
+    openai_timeout_s: float = Field(
+        300, gt=0, le=3600, description="how long a /v1 images call waits for its jobs before answering 504"
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -204,6 +231,7 @@ class Settings(BaseSettings):
         "aws_default_region",
         "worker_metrics_port",
         "otel_exporter_otlp_endpoint",
+        "webhook_secret",
         mode="before",
     )
     @classmethod
@@ -218,6 +246,23 @@ class Settings(BaseSettings):
             from core.store import parse_results_url
 
             parse_results_url(value)  # ValueError: not s3://BUCKET/PREFIX
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from core.webhooks import check_secret
+
+            check_secret(value.get_secret_value())  # ValueError: not whsec_<base64>
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _webhook_allow(cls, value: str) -> str:
+        from core.webhooks import AllowList
+
+        AllowList.parse(value)  # ValueError: an entry that is no host, address or CIDR
         return value
 
     @field_validator("if_enabled", "batching", mode="before")

@@ -3,7 +3,9 @@
 Run `python postman/build_collection.py` after changing an endpoint; a unit test checks that the
 committed JSON matches this file. Every operation is a folder of three requests: submit (202,
 Location, job body), poll (repeats itself until the job is terminal; expects `succeeded`) and
-download (200 image/png). An "Errors" folder checks problem+json answers.
+download (200 image/png). A "Webhook" folder submits a job with a webhook (to `{{webhookUrl}}`) and asks for
+its redelivery; an "OpenAI Images API" folder calls the /v1 routes as the openai SDK does. An "Errors" folder
+checks problem+json answers.
 """
 
 from __future__ import annotations
@@ -169,6 +171,133 @@ def events_folder() -> dict[str, Any]:
         }
     )
     return folder
+
+
+def webhook_folder() -> dict[str, Any]:
+    """A job with a webhook (start and completed, to ``{{webhookUrl}}``; the service must allow that host through
+    WEBHOOK_ALLOW and have a WEBHOOK_SECRET), its webhook state once it ended, and a redelivery."""
+    folder = job_folder(
+        "Webhook",
+        "/mnist/sample",
+        query={"digit": "5", "n": "2", "seed": "8", "webhook": "{{webhookUrl}}", "webhook_events": "start"},
+        description="a job whose start and end are POSTed, signed (Standard Webhooks), to webhookUrl",
+    )
+    folder["item"][0]["request"]["url"]["query"].append({"key": "webhook_events", "value": "completed"})
+    folder["item"][0]["request"]["url"]["raw"] += "&webhook_events=completed"
+    folder["item"].append(
+        {
+            "name": "Webhook: state and redelivery",
+            "request": {"method": "POST", "header": _headers(), "url": _url("/jobs/{{jobId}}/webhook/redeliver")},
+            "event": _script(
+                [
+                    "pm.test('202: the completed delivery is queued again', () => {",
+                    "  pm.response.to.have.status(202);",
+                    "  const hook = pm.response.json().webhook;",
+                    "  pm.expect(hook.url).to.eql(pm.environment.get('webhookUrl'));",
+                    "  pm.expect(hook.events).to.eql(['start', 'completed']);",
+                    "  pm.expect(hook.state).to.eql('pending');",
+                    "});",
+                ]
+            ),
+        }
+    )
+    return folder
+
+
+def _openai_headers() -> list[dict[str, str]]:
+    return [{"key": "Authorization", "value": "Bearer {{apiKey}}", "type": "text"}]
+
+
+def _openai_request(
+    name: str,
+    path: str,
+    checks: list[str],
+    *,
+    json_body: dict[str, Any] | None = None,
+    fields: list[tuple[str, str]] | None = None,
+    files: dict[str, str] | None = None,
+    method: str = "POST",
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"method": method, "header": _openai_headers(), "url": _url(path)}
+    if json_body is not None:
+        request["header"] = [*_openai_headers(), {"key": "Content-Type", "value": "application/json", "type": "text"}]
+        request["body"] = {"mode": "raw", "raw": json.dumps(json_body), "options": {"raw": {"language": "json"}}}
+    if fields is not None or files:
+        request["body"] = _form(fields or [], files or {})
+    return {"name": name, "request": request, "event": _script(checks)}
+
+
+def _images_ok(n: int, kind: str) -> list[str]:
+    return [
+        "pm.test('200 with OpenAI images', () => {",
+        "  pm.response.to.have.status(200);",
+        "  const body = pm.response.json();",
+        "  pm.expect(body.created).to.be.a('number');",
+        f"  pm.expect(body.data.length).to.eql({n});",
+        f"  body.data.forEach(item => pm.expect(item.{kind}).to.be.a('string'));",
+        "  body.data.forEach(item => pm.expect(item.job_id).to.match(/^[0-9a-f]{32}$/));",
+        "});",
+    ]
+
+
+def openai_folder() -> dict[str, Any]:
+    """The /v1 routes as the openai SDK calls them (Authorization: Bearer; JSON and multipart bodies)."""
+    return {
+        "name": "OpenAI Images API (/v1)",
+        "item": [
+            _openai_request(
+                "models.list",
+                "/v1/models",
+                [
+                    "pm.test('both models', () => {",
+                    "  pm.response.to.have.status(200);",
+                    "  pm.expect(pm.response.json().data.map(m => m.id)).to.have.members(['deepfloyd-if', 'mnist-flow']);",
+                    "});",
+                ],
+                method="GET",
+            ),
+            _openai_request(
+                "images.generate: mnist-flow, n=2, b64_json",
+                "/v1/images/generations",
+                _images_ok(2, "b64_json"),
+                json_body={"model": "mnist-flow", "prompt": "7", "n": 2, "response_format": "b64_json", "seed": 1},
+            ),
+            _openai_request(
+                "images.generate: deepfloyd-if, url",
+                "/v1/images/generations",
+                [*_images_ok(1, "url"), "pm.environment.set('imageUrl', pm.response.json().data[0].url);"],
+                json_body={"model": "deepfloyd-if", "prompt": "a red panda", "response_format": "url", "seed": 0},
+            ),
+            _openai_request(
+                "images.edit: with an RGBA mask (inpaint)",
+                "/v1/images/edits",
+                _images_ok(1, "b64_json"),
+                fields=[("prompt", "a hot air balloon"), ("response_format", "b64_json"), ("seed", "7")],
+                files={"image": "photo.png", "mask": "mask_rgba.png"},
+            ),
+            _openai_request(
+                "images.create_variation",
+                "/v1/images/variations",
+                _images_ok(2, "b64_json"),
+                fields=[("n", "2"), ("response_format", "b64_json")],
+                files={"image": "photo.jpg"},
+            ),
+            _openai_request(
+                "a bad request: 400 in OpenAI's shape",
+                "/v1/images/generations",
+                [
+                    "pm.test('400 invalid_request_error naming the field', () => {",
+                    "  pm.response.to.have.status(400);",
+                    "  const error = pm.response.json().error;",
+                    "  pm.expect(error.type).to.eql('invalid_request_error');",
+                    "  pm.expect(error.param).to.eql('prompt');",
+                    "  pm.expect(error.message).to.include('0 to 9');",
+                    "});",
+                ],
+                json_body={"model": "mnist-flow", "prompt": "twelve"},
+            ),
+        ],
+    }
 
 
 def problem_request(
@@ -429,6 +558,8 @@ def collection() -> dict[str, Any]:
         events_folder(),
         wait_and_delete_folder(),
         cache_folder(),
+        webhook_folder(),
+        openai_folder(),
         {
             "name": "Errors",
             "item": [
@@ -443,6 +574,13 @@ def collection() -> dict[str, Any]:
                     fields=[("prompt_low", "a"), ("prompt_high", "b"), ("kernel_size", "32")],
                 ),
                 problem_request("one prompt is no anagram", "POST", "/anagram", 422, fields=[("prompts", "a")]),
+                problem_request(
+                    "a webhook to a metadata address",
+                    "POST",
+                    "/mnist/sample",
+                    422,
+                    query={"digit": "1", "webhook": "http://169.254.169.254/latest/meta-data/"},
+                ),
             ],
         },
     ]
@@ -464,6 +602,7 @@ def environment() -> dict[str, Any]:
         "values": [
             {"key": "baseUrl", "value": "http://127.0.0.1:8000", "enabled": True},
             {"key": "apiKey", "value": "", "enabled": True},
+            {"key": "webhookUrl", "value": "http://127.0.0.1:9/hook", "enabled": True},
         ],
     }
 

@@ -33,8 +33,11 @@ API_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 pids+=($!)
 
+# webhooks on, to loopback only (the collection's webhookUrl is a closed port there: the job is not held up by it)
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" RESULTS_DIR="$WORK/results" PORT="$API_PORT" \
-       IF_ENABLED=true IF_STAGE1_MODEL="$WORK/if-stage1" IF_STAGE2_MODEL="$WORK/if-stage2" OMP_NUM_THREADS=1
+       IF_ENABLED=true IF_STAGE1_MODEL="$WORK/if-stage1" IF_STAGE2_MODEL="$WORK/if-stage2" OMP_NUM_THREADS=1 \
+       WEBHOOK_SECRET="whsec_$("$PY" -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')" \
+       WEBHOOK_ALLOW=127.0.0.1
 "$PY" -m workers --name postman-worker >"$WORK/worker.log" 2>&1 &
 pids+=($!)
 "$PY" -m uvicorn app.main:app --host 127.0.0.1 --port "$API_PORT" --log-level warning >"$WORK/api.log" 2>&1 &

@@ -25,13 +25,14 @@ from redis.retry import Retry
 
 from core import logs, tracing
 from core.lifecycle import Lifecycle, service_queue
+from core.operations import OPERATIONS
 from core.settings import Settings, get_settings
 from core.store import ResultStore, StoreUnavailable, open_store
 from core.tenants import load_tenants
 from workers import registry as model_registry
 from workers.batcher import Batcher
 from workers.cancellation import CancelWatch
-from workers.context import WorkerEnv
+from workers.context import WorkerEnv, resolve
 from workers.loop import CLAIM_BLOCK_S, JobPool, WorkLoop
 from workers.telemetry import WorkerTelemetry, model_namer
 from workers.wakeups import Wakeups
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     # one job thread, which loads the models too.
     load = lambda: model_registry.build_registry(settings)  # noqa: E731
     registry = batcher.call(load) if batcher is not None else pool.call(load)
+    for op in OPERATIONS.values():  # import the job functions now, not on the first job (diffusers is heavy)
+        resolve(op.job)
     if not registry.operations():
         log.error("no model could be loaded; this worker serves nothing (see errors above)")
     telemetry.forwards.names = model_namer({name: m.model for name, m in registry.models.items()})

@@ -129,6 +129,7 @@ class ProgressSink:
         self.progress: dict[str, Any] | None = None
         self.frames: list[torch.Tensor] = []  # uint8 (C, H, W) estimates for the trajectory
         self._failed = False
+        self._submitted = 0  # tasks this job handed to the publisher (none: nothing to flush)
 
     def report(self, step: int, total: int, preview: torch.Tensor | None, stage: str | None) -> None:
         """Record one step (any thread); never raises."""
@@ -181,6 +182,7 @@ class ProgressSink:
                 lifecycle.event(job_id, attempt, "progress", held, progress=held)
             lifecycle.event(job_id, attempt, event, data, progress=progress)
 
+        self._submitted += 1
         self._publisher.submit(send, job_id=job_id)
 
     def _to_uint8(self, image: torch.Tensor) -> torch.Tensor:
@@ -203,10 +205,14 @@ class ProgressSink:
                 lifecycle.event(job_id, attempt, "progress", held, progress=held)
             lifecycle.event(job_id, attempt, "preview", data, progress=None)
 
+        self._submitted += 1
         self._publisher.submit(send, droppable=False, job_id=job_id)
 
     def flush(self) -> None:
-        """Wait until this process's queued events and previews have been sent (bounded)."""
+        """Wait until this process's queued events and previews have been sent (bounded); at once when this job
+        queued none (a one-step job: its only progress rides with its done)."""
+        if not self._submitted:
+            return
         if not self._publisher.flush():
             log.warning(
                 "the events of job %s were not all sent within %.0fs",

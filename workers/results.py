@@ -8,16 +8,17 @@ with backoff for at most ``write_timeout_s``; then the job fails with the code `
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Protocol
 
+import orjson
 import stamina
 import torch
 import torch.nn.functional as F
 
 from core import tracing
 from core.protocol import JobError
+from core.store import StoreNotFound
 from models import imageio
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class ResultWriter:
             self._put_retried(name, data, content_type)
 
     def _put_retried(self, name: str, data: bytes, content_type: str) -> None:
+        try:  # the common case first, without the retry machinery (it costs more than a small write)
+            self.store.put(self.job_id, name, data, content_type)
+            return
+        except self.retry_on as exc:
+            log.warning("job %s: writing %s failed (%s); retrying with backoff", self.job_id, name, exc)
         try:
             for attempt in stamina.retry_context(
                 on=self.retry_on, attempts=None, timeout=self.write_timeout_s, wait_initial=0.2, wait_max=5.0
@@ -81,6 +87,12 @@ class ResultWriter:
 
     def input_bytes(self, name: str) -> bytes:
         """An upload the API stored with the job (``inputs/<name>``)."""
+        try:
+            return self.store.get(self.job_id, f"inputs/{name}")
+        except StoreNotFound as exc:
+            raise JobError("invalid-request", f"the upload {name!r} is no longer stored (deleted or expired)") from exc
+        except self.retry_on as exc:
+            log.warning("job %s: reading the upload %s failed (%s); retrying with backoff", self.job_id, name, exc)
         try:
             for attempt in stamina.retry_context(
                 on=self.retry_on, attempts=None, timeout=self.write_timeout_s, wait_initial=0.2, wait_max=5.0
@@ -125,5 +137,8 @@ class ResultWriter:
 
     def commit(self, manifest: dict[str, Any]) -> list[str]:
         """Write the manifest (the commit point); returns every result name, the manifest last."""
-        self._put(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode(), "application/json")
+        data = orjson.dumps(
+            manifest, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+        )
+        self._put(MANIFEST, data, "application/json")
         return [*self.files, MANIFEST]

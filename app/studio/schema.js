@@ -24,6 +24,8 @@ const FIELD_LABELS = {
   previews: "Live previews",
   trajectory: "Trajectory GIF",
   upscale: "Upscale to 256×256 (stage II)",
+  webhook: "Webhook URL",
+  webhook_events: "Webhook events",
 };
 
 /** Hints in the page's words where the schema's description speaks to API clients (settings, routes). */

@@ -25,13 +25,27 @@ def locked(redis_server, tmp_path):
         yield c
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": "s3cret-ke"}, {"X-API-Key": ""}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-API-Key": "wrong"},
+        {"X-API-Key": "s3cret-ke"},
+        {"X-API-Key": ""},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Basic s3cret-key"},
+        {"Authorization": "s3cret-key"},
+        {"X-API-Key": "wrong", "Authorization": "Bearer s3cret-key"},  # a wrong X-API-Key is not overruled
+    ],
+)
 def test_protected_routes_need_the_key(locked, headers) -> None:
     for method, path, kwargs in [
         ("post", "/mnist/sample", {"params": {"digit": 3}}),
         ("post", "/mnist/sample", {"params": {"digit": 99}}),  # auth is checked before validation
         ("get", "/jobs/" + "a" * 32, {}),
         ("post", "/jobs/" + "a" * 32 + "/cancel", {}),
+        ("post", "/jobs/" + "a" * 32 + "/webhook/redeliver", {}),
         ("post", "/sample", {"data": {"prompt": "a cat"}}),
         ("post", "/sdedit", {"files": {"image": ("a.png", gradient(), "image/png")}}),
     ]:
@@ -41,10 +55,14 @@ def test_protected_routes_need_the_key(locked, headers) -> None:
         assert r.headers["www-authenticate"] == "ApiKey"
 
 
-def test_right_key_passes_and_health_is_open(locked) -> None:
-    r = locked.post("/mnist/sample", params={"digit": 3}, headers={"X-API-Key": "s3cret-key"})
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-API-Key": "s3cret-key"}, {"Authorization": "Bearer s3cret-key"}, {"authorization": "bearer s3cret-key"}],
+)
+def test_right_key_passes_and_health_is_open(locked, headers) -> None:
+    r = locked.post("/mnist/sample", params={"digit": 3}, headers=headers)
     assert r.status_code == 202
-    assert locked.get(f"/jobs/{r.json()['id']}", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert locked.get(f"/jobs/{r.json()['id']}", headers=headers).status_code == 200
     assert locked.get("/healthz").status_code == 200
     assert locked.get("/readyz").status_code in (200, 503)  # open, no key needed
 
