@@ -9,6 +9,7 @@
 | `events` | the live events of a job: schema, stream keys, parsing |
 | `operations` | one typed parameter model per operation, and the table of operations |
 | `store` | the result store: one interface, a folder backend (`RESULTS_DIR`) and an S3 backend (`RESULTS_URL`) |
+| `tenants` | the tenants file (`TENANTS_FILE`): keys by digest, weights, limits; the queue of each tenant and priority |
 
 `app` and `workers` both import this package and never each other; this package imports neither,
 nor `models` or torch (import contracts in `pyproject.toml`, checked by `make lint`).
