@@ -11,7 +11,7 @@ import { MaskEditor } from "./mask.js";
 import { PromptViews } from "./prompts.js";
 import { LABELS, fieldsOf, humanReason, labelOf } from "./schema.js";
 
-const OPTION_FIELDS = ["guidance", "seed", "upscale", "previews", "trajectory", "webhook", "webhook_events"];
+const OPTION_FIELDS = ["guidance", "seed", "upscale", "previews", "trajectory", "priority", "cache", "webhook", "webhook_events"];
 const HINTS = {
   mnist_sample: "Flow-matching models trained on MNIST: pick a digit for the class-conditioned model, or none for unguided digits.",
   if_sample: "DeepFloyd IF stage I draws a 64×64 image from the prompt.",

@@ -24,6 +24,8 @@ const FIELD_LABELS = {
   previews: "Live previews",
   trajectory: "Trajectory GIF",
   upscale: "Upscale to 256×256 (stage II)",
+  priority: "Priority (among your own jobs)",
+  cache: "Answer from the result cache (with a seed)",
   webhook: "Webhook URL",
   webhook_events: "Webhook events",
 };

@@ -47,7 +47,8 @@ def test_grid_size(stack: Stack, n: int, size: tuple[int, int]) -> None:
 
 def test_same_seed_same_bytes_other_seed_differs(stack: Stack) -> None:
     def run(seed: int) -> bytes:
-        r = stack.client.post("/mnist/sample", params={"digit": 5, "n": 4, "steps": 5, "seed": seed})
+        # cache=false: the second run must compute its bytes, not take them from the result cache
+        r = stack.client.post("/mnist/sample", params={"digit": 5, "n": 4, "steps": 5, "seed": seed, "cache": "false"})
         body = stack.wait_terminal(r.json()["id"])
         return stack.client.get(body["result_url"]).content
 
