@@ -78,8 +78,8 @@ def test_unknown_names_come_with_the_other_errors_once_each(client) -> None:
     assert [(e["name"], e["in"]) for e in errors] == [("dgit", "query"), ("colour", "query"), ("n", "query")]
     # no close name: the reason lists what the operation takes
     assert errors[1]["reason"] == (
-        "unknown parameter (this operation takes: digit, guidance, n, previews, sampler, seed, steps, trajectory, "
-        "webhook, webhook_events)"
+        "unknown parameter (this operation takes: cache, digit, guidance, n, previews, priority, sampler, seed, steps, "
+        "trajectory, webhook, webhook_events)"
     )
     assert errors[2]["reason"] == "must be at least 1"
 

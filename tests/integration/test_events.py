@@ -44,7 +44,8 @@ def test_events_of_a_job_in_order_with_previews_and_a_trajectory(make_stack) -> 
     reader.join(120)
     assert not reader.is_alive(), "the stream did not end at the terminal event"
 
-    assert got[0].event == "queue" and got[0].data == {"position": 0} and got[0].id is None
+    # no live worker yet when it was read: no ETA
+    assert got[0].event == "queue" and got[0].data == {"position": 0, "eta_s": None} and got[0].id is None
     stored = _stored(got)
     ids = [_order(e.id) for e in stored]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
