@@ -291,8 +291,10 @@ def submit(
                 owns_entry = source is None
                 if source is not None:
                     answered = lifecycle.cache_answer(record, source, cache_entry, ttl)
-                    if answered is not None:
+                    if isinstance(answered, JobRecord):
+                        enqueued = True  # (a job all the same: its Idempotency-Key stays)
                         return answered.body(), False
+                    owns_entry = answered  # the entry's job had failed or vanished: it is this job's now
         depth = depth or QueueDepth(0.0)
         if depth.get(lifecycle) >= settings.max_queue_depth:
             raise Problem(

@@ -327,12 +327,12 @@ class Lifecycle:
         found = self.redis.set(cache_key, job_id, nx=True, get=True, ex=ttl_s)
         return None if found is None else _str(found)
 
-    def cache_answer(self, record: JobRecord, source: str, cache_key: str, ttl_s: int) -> JobRecord | None:
+    def cache_answer(self, record: JobRecord, source: str, cache_key: str, ttl_s: int) -> JobRecord | bool:
         """Answer ``record`` (a new job, not enqueued) from ``source``, the job its cache entry names: if the source
         succeeded and its record exists, write ``record`` as a succeeded job showing the source's files, expiring
         with the source, with its ``done`` event pushed (one transaction, watching the source's record), and return
-        it; else None (a miss): a source still queued or running keeps the entry, a failed or vanished one hands the
-        entry to ``record``."""
+        it. Else a miss: False when a source still queued or running keeps the entry, True when a failed or vanished
+        one handed the entry to ``record``."""
         source_key = record_key(source)
         with self.redis.pipeline(transaction=True) as pipe:
             try:
@@ -344,7 +344,8 @@ class Lifecycle:
                         pipe.multi()
                         pipe.set(cache_key, record.id, ex=ttl_s)
                         pipe.execute()
-                    return None
+                        return True
+                    return False
                 now = utc_now()
                 answered = replace(
                     record,
@@ -396,7 +397,7 @@ class Lifecycle:
                 pipe.publish(events.CHANNEL, f"{record.id} - done {body}")
                 pipe.execute()
             except WatchError:  # the source changed meanwhile (deleted, say): run the job instead
-                return None
+                return False
         return answered
 
     # -- worker side -------------------------------------------------------------------------------------------

@@ -130,3 +130,13 @@ def test_a_queued_source_is_not_a_hit(make_stack) -> None:
     for job in (first, second):
         wait_until(lambda job=job: stack.job(job["id"])["status"] == "succeeded", 120, what="both jobs")
     assert post(stack, params)["source"] == first["id"]
+
+
+def test_an_idempotency_key_replays_a_cached_answer(stack: Stack) -> None:
+    params = SEEDED | {"digit": 9}
+    post(stack, params)
+    headers = {**WAIT, "Idempotency-Key": "cached-answer-1"}
+    first = stack.client.post("/mnist/sample", params=params, headers=headers)
+    again = stack.client.post("/mnist/sample", params=params, headers=headers)
+    assert first.json()["cached"] is True
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == first.json()["id"]
