@@ -8,6 +8,7 @@ advertised, and the reason is published for each of them, so that /readyz and th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -157,12 +158,26 @@ def _jsonable(config: Any) -> Any:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else str(config)
 
 
+def torch_threads(settings: Settings, device: torch.device) -> int | None:
+    """The intra-op threads a worker sets (None: torch's default). TORCH_THREADS wins, then OMP_NUM_THREADS (torch
+    reads it itself); a CPU worker otherwise leaves one core to the rest of the host: measured on the 2-core VM
+    under 16 clients, a 2-thread worker's OpenMP threads spun against the API and the clients and its forwards took
+    247 ms instead of 20 ms with 1 thread (BENCHMARKS.md, "Per-job overhead")."""
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    if os.environ.get("OMP_NUM_THREADS") or device.type != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def build_registry(settings: Settings) -> ModelRegistry:
     """Load every configured model once. Failures are recorded, logged in one line, and not fatal:
     the worker still serves what did load, and /readyz shows the reason for the rest."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    registry = ModelRegistry(device=resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    threads = torch_threads(settings, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    registry = ModelRegistry(device=device)
     for name, path in (
         ("mnist_time", settings.mnist_time_checkpoint),
         ("mnist_class", settings.mnist_class_checkpoint),
