@@ -76,7 +76,7 @@ class ModelRegistry:
     def get(self, name: str) -> Any:
         if name not in self.models:
             reason = self.errors.get(name, "not configured on this worker")
-            raise ModelNotLoaded(f"model {name!r} is not loaded: {reason}")
+            raise ModelNotLoaded(f"model {name!r} is not loaded: {reason}", name)
         return self.models[name].model
 
     def source(self, name: str) -> str:
@@ -118,7 +118,12 @@ class ModelRegistry:
 
 
 class ModelNotLoaded(RuntimeError):
-    """A job asked for a model this worker does not hold."""
+    """A job asked for a model this worker does not hold (``model``: its name; the message, for the log, may hold
+    the load error with a path)."""
+
+    def __init__(self, message: str, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model
 
 
 def load_mnist(registry: ModelRegistry, name: str, path: Path, settings: Settings) -> None:
