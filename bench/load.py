@@ -282,7 +282,9 @@ def main() -> None:
         for follow in follows:
             for threads in args.threads.split(","):
                 for mode in args.batching.split(","):
-                    with local_service(workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, **env) as stack:
+                    with local_service(
+                        workers=args.workers, BATCHING=mode, OMP_NUM_THREADS=threads, TORCH_THREADS=threads, **env
+                    ) as stack:
                         result = run(str(stack.client.base_url), args.clients, args.seconds, make, args.drain, follow)
                     rows.append(
                         {

@@ -132,7 +132,10 @@ class Settings(BaseSettings):
     )
     mnist_compile: bool = Field(False, description="torch.compile the MNIST networks at worker start")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads of a worker (empty: torch's default, OMP_NUM_THREADS)"
+        None,
+        ge=1,
+        description="torch intra-op threads of a worker (empty: OMP_NUM_THREADS if set; else on a CPU worker all "
+        "cores but one, so that the API, Redis and the clients on the same host keep one; else torch's default)",
     )
     if_enabled: Literal["auto", "true", "false"] = Field(
         "auto", description="load DeepFloyd IF in the worker: 'auto' = when a CUDA device is present"

@@ -267,8 +267,12 @@ def execute(env: WorkerEnv, record: JobRecord) -> Outcome:
         error = JobError(
             "out-of-memory", f"out of memory while running {record.kind}; try a smaller request (fewer images or steps)"
         )
-    except ModelNotLoaded as exc:
-        error = JobError("model-unavailable", str(exc))
+    except ModelNotLoaded as exc:  # the load error may name a server path: the log has it, the client not
+        log.warning("job %s: %s", record.id, exc)
+        error = JobError(
+            "model-unavailable",
+            f"the worker that took the job does not hold the model {exc.model or 'it needs'}; /readyz says why",
+        )
     except Exception:
         log.exception("job %s (%s) failed with an unexpected error", record.id, record.kind)
         error = JobError("internal-error", f"the job failed with an internal error (logged by worker {env.name})")

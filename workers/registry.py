@@ -77,7 +77,7 @@ class ModelRegistry:
     def get(self, name: str) -> Any:
         if name not in self.models:
             reason = self.errors.get(name, "not configured on this worker")
-            raise ModelNotLoaded(f"model {name!r} is not loaded: {reason}")
+            raise ModelNotLoaded(f"model {name!r} is not loaded: {reason}", name)
         return self.models[name].model
 
     def source(self, name: str) -> str:
@@ -159,7 +159,12 @@ def compute_digest(weights: str | None, dtype: str, device: torch.device) -> str
 
 
 class ModelNotLoaded(RuntimeError):
-    """A job asked for a model this worker does not hold."""
+    """A job asked for a model this worker does not hold (``model``: its name; the message, for the log, may hold
+    the load error with a path)."""
+
+    def __init__(self, message: str, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model
 
 
 def load_mnist(registry: ModelRegistry, name: str, path: Path, settings: Settings) -> None:
@@ -200,12 +205,26 @@ def _jsonable(config: Any) -> Any:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else str(config)
 
 
+def torch_threads(settings: Settings, device: torch.device) -> int | None:
+    """The intra-op threads a worker sets (None: torch's default). TORCH_THREADS wins, then OMP_NUM_THREADS (torch
+    reads it itself); a CPU worker otherwise leaves one core to the rest of the host: measured on the 2-core VM
+    under 16 clients, a 2-thread worker's OpenMP threads spun against the API and the clients and its forwards took
+    247 ms instead of 20 ms with 1 thread (BENCHMARKS.md, "Per-job overhead")."""
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    if os.environ.get("OMP_NUM_THREADS") or device.type != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def build_registry(settings: Settings) -> ModelRegistry:
     """Load every configured model once. Failures are recorded, logged in one line, and not fatal:
     the worker still serves what did load, and /readyz shows the reason for the rest."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    registry = ModelRegistry(device=resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    threads = torch_threads(settings, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    registry = ModelRegistry(device=device)
     for name, path in (
         ("mnist_time", settings.mnist_time_checkpoint),
         ("mnist_class", settings.mnist_class_checkpoint),

@@ -73,3 +73,26 @@ def test_importing_the_api_does_not_import_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rq_is_used_through_its_public_api_only() -> None:
+    """The service's own code imports nothing private from RQ and calls no private member of its objects (issue
+    19: the worker owns its loop instead of reaching into RQ's internals)."""
+    offenders = []
+    for package in ("core", "app", "workers"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            rq_names = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rq":
+                    offenders += [
+                        f"{path}: from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")
+                    ]
+                    offenders += [f"{path}: {node.module}" for part in node.module.split(".") if part.startswith("_")]
+                    rq_names |= {a.asname or a.name for a in node.names}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                    base = node.value
+                    if isinstance(base, ast.Name) and base.id in rq_names:
+                        offenders.append(f"{path}:{node.lineno}: {base.id}.{node.attr}")
+    assert offenders == []
