@@ -69,7 +69,7 @@ export function widget(opName, name, field, config) {
     if (field.required) attrs.required = true;
     if (schema.examples?.length) attrs.placeholder = `for example: ${schema.examples[0]}`;
     input = node = prompt ? el("textarea", { ...attrs, rows: 2 }) : el("input", { ...attrs, type: "text" });
-    read = () => checkText(name, input.value, schema, field.required);
+    read = () => checkText(name, input.value, schema, field.required, nullable);
     set = (v) => { input.value = v === null || v === undefined ? "" : String(v); };
   }
   set(def);

@@ -143,9 +143,10 @@ export function checkNumber(input, schema, required) {
   return { text };
 }
 
-/** Check text against its schema (non-blank where the schema says so, its length): {text} or {error}. */
-export function checkText(name, raw, schema, required) {
-  const mustHaveText = required || (schema.minLength || 0) > 0 || schema.pattern === "\\S";
+/** Check text against its schema (non-blank where the schema says so, its length): {text} or {error}. An empty
+ * optional field that may be null (a webhook URL) is simply not sent, whatever its string branch requires. */
+export function checkText(name, raw, schema, required, nullable = false) {
+  const mustHaveText = required || (!nullable && ((schema.minLength || 0) > 0 || schema.pattern === "\\S"));
   if (!/\S/.test(raw)) {
     if (!mustHaveText && raw === "") return { text: null };
     return { error: name.startsWith("prompt") ? "Write a prompt: it cannot be empty." : "Required: this cannot be empty." };
