@@ -35,6 +35,11 @@ const FIELD_HINTS = {
   seed: () => "the same seed and settings give the same image; empty = a new random seed (each result shows its seed)",
   previews: (config) => `show the current estimate every ${config.preview_every} steps while the job runs`,
   trajectory: () => "also save those estimates as an animated GIF and a strip",
+  webhook: () =>
+    "an http(s) address that gets a signed POST with the job when it ends; the service only calls addresses its operator allows (not this machine's or a private network's, unless allowed)",
+  webhook_events: () => "when the address is called: at the start, during the run (at most twice a second), at the end (the default)",
+  priority: () => "orders your own waiting jobs: high ones start before normal ones, normal before low; other people's jobs are not affected",
+  cache: () => "with a seed, answer at once from an earlier identical job (the same bytes); off always runs the job",
 };
 
 export const labelOf = (name) => FIELD_LABELS[name] || name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ");
