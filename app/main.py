@@ -23,6 +23,7 @@ from app.imagecheck import DecoderPool
 from app.jobs import QueueDepth
 from app.metrics import CONTENT_TYPE, ApiMetrics, JobMeter, RedisGauges, process_exit, render
 from app.observability import Observability
+from app.oversize import find_oversized
 from app.problems import Problem, install_problem_handlers, problem_response
 from app.quotas import Quotas
 from app.routers import events, health, jobs, openai, operations
@@ -141,23 +142,38 @@ def _limit_body_size(app: FastAPI, settings: Settings) -> None:
         f"two uploads of at most {human_bytes(settings.max_upload_bytes)} each (MAX_UPLOAD_BYTES) "
         f"plus {human_bytes(FORM_FIELDS_BYTES)} for the other form fields"
     )
-    app.add_middleware(BodySizeLimit, limit=limit, explain=explain)
+    app.add_middleware(BodySizeLimit, limit=limit, explain=explain, per_upload=settings.max_upload_bytes)
 
 
 class BodySizeLimit:
     """413 problem+json for a declared ``content-length`` above ``limit`` (or a malformed one); ``explain``
-    says what the limit is made of, for the message."""
+    says what the limit is made of, for the message. For a multipart body it reads just enough to name the upload
+    over ``per_upload`` bytes (``app.oversize``), as a per-upload 413 does."""
 
-    def __init__(self, app: ASGIApp, limit: int, explain: str = "") -> None:
-        self.app, self.limit, self.explain = app, limit, explain
+    def __init__(self, app: ASGIApp, limit: int, explain: str = "", per_upload: int | None = None) -> None:
+        self.app, self.limit, self.explain, self.per_upload = app, limit, explain, per_upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
+            headers = Headers(scope=scope)
+            length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.limit):
                 sent = f" ({human_bytes(int(length))})" if length.isdigit() else ""
                 detail = f"the request body{sent} is over the {human_bytes(self.limit)} limit"
                 problem = Problem(413, "request-too-large", f"{detail}: {self.explain}" if self.explain else detail)
+                found = None
+                if self.per_upload is not None and length.isdigit():
+                    found = await find_oversized(headers.get("content-type", ""), receive, self.per_upload, self.limit)
+                if found is not None:
+                    reason = (
+                        f"more than {human_bytes(self.per_upload or 0)}, the limit of one upload (MAX_UPLOAD_BYTES)"
+                    )
+                    problem = Problem(
+                        413,
+                        "upload-too-large",
+                        f"{found.field}: {reason}; {detail}",
+                        errors=[{"name": found.field, "in": "body", "reason": reason}],
+                    )
                 await problem_response(problem, Request(scope))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

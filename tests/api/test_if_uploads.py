@@ -191,8 +191,17 @@ def test_limit_messages_name_the_field_and_the_setting(client) -> None:
     assert detail({"image": ("x.png", _huge_png(), "image/png")}) == (
         "image: 2000x2000 (4 megapixels) is over the limit of 1 megapixel (MAX_IMAGE_PIXELS)"
     )
-    # a body over two uploads plus 1 MiB is refused before it is read: no field to name, the settings instead
+    # a body over two uploads plus 1 MiB is refused before it is parsed; just enough of it is read to name the
+    # upload over the limit
     r = client.post("/inpaint", files={"image": png, "mask": ("m.png", bytes(1_600_000), "image/png")})
+    assert r.status_code == 413 and r.json()["type"] == "urn:problem:upload-too-large"
+    assert r.json()["detail"] == (
+        "mask: more than 195.3 KiB, the limit of one upload (MAX_UPLOAD_BYTES); "
+        "the request body (1.5 MiB) is over the 1.4 MiB limit"
+    )
+    assert r.json()["errors"][0]["name"] == "mask"
+    # a body that is not multipart has no field to name: the limit and its settings
+    r = client.post("/inpaint", content=bytes(1_600_000), headers={"content-type": "application/octet-stream"})
     assert r.status_code == 413 and r.json()["type"] == "urn:problem:request-too-large"
     assert r.json()["detail"] == (
         "the request body (1.5 MiB) is over the 1.4 MiB limit: two uploads of at most 195.3 KiB each "
