@@ -254,15 +254,9 @@ def test_several_uvicorn_processes_add_up(make_stack) -> None:
 
     def counted() -> list[Samples] | None:
         scrapes = [scrape(f"{stack.client.base_url}/metrics", Connection="close") for _ in range(6)]
-        done = [value(s, "diffusion_jobs_total", operation="mnist_sample", status="succeeded") for s in scrapes]
-        return (
-            scrapes
-            if all(
-                d - value(before[0], "diffusion_jobs_total", operation="mnist_sample", status="succeeded") == jobs
-                for d in done
-            )
-            else None
-        )
+        ours = {"operation": "mnist_sample", "status": "succeeded", "tenant": "default"}
+        done = [value(s, "diffusion_jobs_total", **ours) for s in scrapes]
+        return scrapes if all(d - value(before[0], "diffusion_jobs_total", **ours) == jobs for d in done) else None
 
     scrapes = wait_until(counted, 20, interval=0.3, what="every process's scrape to count every job")
     posts = [
