@@ -265,13 +265,16 @@ def test_weights_two_to_one_share_the_rows_two_to_one_over_a_minute(make_stack, 
         WORKER_METRICS_PORT=str(port),
     )
     http = stack.client
-    job = {"digit": 2, "n": 40, "steps": 4}
+    # Jobs long enough (40 rows x 12 steps) and a backlog deep enough (24 each) that neither tenant's queue runs dry
+    # between two refreshes of this loop (about a second apart on a busy 2-core machine): with 4-step jobs and 12
+    # waiting, the heavy tenant drained its queue within a refresh on CI and its share fell to 1.79.
+    job = {"digit": 2, "n": 40, "steps": 12}
 
     def top_up() -> None:
-        """Keep at least 12 jobs of each tenant waiting."""
+        """Keep at least 24 jobs of each tenant waiting."""
         for tenant in ("alice", "bob"):
             waiting = backlog[tenant]
-            while len(waiting) < 12:
+            while len(waiting) < 24:
                 r = http.post("/mnist/sample", params=job, headers=key(tenant))
                 assert r.status_code == 202, r.text
                 waiting.append(r.json()["id"])
