@@ -401,11 +401,14 @@ class Lifecycle:
         return answered
 
     # -- worker side -------------------------------------------------------------------------------------------
-    def claim(self, worker: str, timeout_s: float) -> str | None:
+    def claim(self, worker: str, timeout_s: float, client: Redis | None = None) -> str | None:
         """Block up to ``timeout_s`` for the next queued job id of the normal list of a deployment without tenants
         file (``QUEUE_NAME``), moved into the worker's held list (so that a worker that dies right after still has it
-        recovered); None when the queue stayed empty."""
-        value = self.redis.blmove(self.queue.key, held_key(worker), max(1, round(timeout_s)), "LEFT", "RIGHT")
+        recovered); None when the queue stayed empty (or the wait was ended by ``CLIENT UNBLOCK``). ``client``: the
+        connection to block on (default: this lifecycle's client)."""
+        value = (client or self.redis).blmove(
+            self.queue.key, held_key(worker), max(1, round(timeout_s)), "LEFT", "RIGHT"
+        )
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)

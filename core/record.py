@@ -387,6 +387,7 @@ START_FIELDS = (
     "tenant",
     "webhook",
     "webhook_events",
+    "priority",  # the done event's body shows it (a worker's record is made of these fields only)
 )
 START = (
     _TERMINAL_LUA
@@ -394,8 +395,7 @@ START = (
 local out = {}
 local function start(id)
   local rk = ARGV[9] .. id
-  local f = redis.call('HMGET', rk, 'state', 'attempt', 'kind', 'func', 'params', 'submitted', 'retries',
-    'cancel', 'timeout', 'request_id', 'traceparent', 'tenant', 'webhook', 'webhook_events')
+  local f = redis.call('HMGET', rk, @START_FIELDS@)
   if f[1] ~= 'queued' then
     redis.call('LREM', KEYS[1], 1, id)
     out[#out + 1] = {id, 0, f[1] or ''}
@@ -484,7 +484,7 @@ if room > 0 then
 end
 return out
 """
-)
+).replace("@START_FIELDS@", ", ".join(f"'{name}'" for name in START_FIELDS))  # f[13], f[14]: webhook, its events
 
 # KEYS: record, stream, webhook schedule. ARGV: job id, event, data, attempt, maxlen, channel, progress JSON
 # ('' = unchanged), now (unix seconds), webhook progress interval (s).

@@ -7,8 +7,8 @@ as vLLM and cog own theirs, because a worker with many jobs in flight needs what
 - **claim**: with room for more jobs, it moves jobs into its held list (so a job is never only in flight in
   memory) and starts them in one round trip (``START``). Without a tenants file it blocks up to ``CLAIM_BLOCK_S``
   for the next job of the normal list (``BLMOVE``), then starts it and up to ``room - 1`` more; when the last claim
-  filled its room, or a job of another priority was announced (``workers.wakeups``), it takes the waiting jobs
-  in priority order without blocking. With a tenants file it claims by fair share across the tenants (deficit
+  filled its room, or a job of another priority was announced (``workers.wakeups``, which also ends a blocked
+  ``BLMOVE`` at once), it takes the waiting jobs in priority order without blocking. With a tenants file it claims by fair share across the tenants (deficit
   round robin, ``core.record.START``) when a submission is announced, when its last claim filled its room and room
   opens again, and at least once every ``CLAIM_BLOCK_S`` while it has room;
 - **run**: each job runs on one of ``max_inflight`` job threads (a fixed pool fed by a queue); its sampling
@@ -192,7 +192,7 @@ class WorkLoop:
                 first, more = None, room
             else:
                 began = time.monotonic()
-                first = None if burst else self.lifecycle.claim(self.name, CLAIM_BLOCK_S)
+                first = None if burst else self._block_for_a_job()
                 if first is None and not burst:
                     return []
                 # A claim that had to wait took the first job of a new arrival: the queue was empty a moment ago,
@@ -210,6 +210,13 @@ class WorkLoop:
             self._redis_failed(exc)
             return []
         return self._took(started, skipped)
+
+    def _block_for_a_job(self) -> str | None:
+        """The next job of the normal list, waiting for it at most CLAIM_BLOCK_S; None if none came, or if a job of
+        another priority (or a stop) was announced meanwhile (``Wakeups.blocking`` ends the wait then)."""
+        if self.wakeups is None:
+            return self.lifecycle.claim(self.name, CLAIM_BLOCK_S)
+        return self.wakeups.blocking(lambda client: self.lifecycle.claim(self.name, CLAIM_BLOCK_S, client), None)
 
     def _claim_fair(self, room: int, *, burst: bool) -> list[Started]:
         """With a tenants file: claim by fair share when a job was announced, when the last claim filled its room,
