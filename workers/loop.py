@@ -8,9 +8,10 @@ as vLLM and cog own theirs, because a worker with many jobs in flight needs what
   memory) and starts them in one round trip (``START``). Without a tenants file it blocks up to ``CLAIM_BLOCK_S``
   for the next job of the normal list (``BLMOVE``), then starts it and up to ``room - 1`` more; when the last claim
   filled its room, or a job of another priority was announced (``workers.wakeups``, which also ends a blocked
-  ``BLMOVE`` at once), it takes the waiting jobs in priority order without blocking. With a tenants file it claims by fair share across the tenants (deficit
-  round robin, ``core.record.START``) when a submission is announced, when its last claim filled its room and room
-  opens again, and at least once every ``CLAIM_BLOCK_S`` while it has room;
+  ``BLMOVE`` at once), it takes the waiting jobs in priority order without blocking. With a tenants file it claims
+  by fair share across the tenants (deficit round robin, ``core.record.START``) when a submission is announced,
+  when its last claim filled its room and room opens again, and at least once every ``CLAIM_BLOCK_S`` while it has
+  room;
 - **run**: each job runs on one of ``max_inflight`` job threads (a fixed pool fed by a queue); its sampling
   requests meet in the batcher; its deadline is enforced between steps by the step driver; its outcome is
   committed by one script that pushes its ``done`` event. A commit that cannot reach Redis is retried with
@@ -216,7 +217,7 @@ class WorkLoop:
         another priority (or a stop) was announced meanwhile (``Wakeups.blocking`` ends the wait then)."""
         if self.wakeups is None:
             return self.lifecycle.claim(self.name, CLAIM_BLOCK_S)
-        return self.wakeups.blocking(lambda client: self.lifecycle.claim(self.name, CLAIM_BLOCK_S, client), None)
+        return self.wakeups.blocking(lambda client: self.lifecycle.claim(self.name, CLAIM_BLOCK_S, client))
 
     def _claim_fair(self, room: int, *, burst: bool) -> list[Started]:
         """With a tenants file: claim by fair share when a job was announced, when the last claim filled its room,

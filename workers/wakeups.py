@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -32,8 +32,6 @@ from redis.exceptions import RedisError
 from core.protocol import submitted_channel
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: How long an announcement keeps trying to end a blocking claim that has not reached the server yet.
 UNBLOCK_TRIES, UNBLOCK_EVERY_S = 50, 0.002
@@ -70,25 +68,20 @@ class Wakeups:
     def nudge(self) -> None:
         """Wake the loop now (a stop request), ending its blocking claim if it is in one."""
         self._event.set()
-        if self._blocked:
-            with contextlib.suppress(RedisError, OSError):
-                self._unblock()
+        with contextlib.suppress(RedisError, OSError):
+            self._wake_loop()
 
-    def blocking(self, claim: Callable[[Redis], T], nothing: T) -> T:
-        """Run ``claim`` (a blocking command) on the claims' own connection, unless a job was announced already:
-        then ``nothing``, and the loop looks at every list at once. An announcement during the claim ends it."""
+    def blocking(self, claim: Callable[[Redis], str | None]) -> str | None:
+        """Run ``claim`` (a blocking claim) on the claims' own connection, unless a job was announced already: then
+        None, and the loop looks at every list at once. An announcement during the claim ends it (None too)."""
         client = self._blocking_client()
         self._blocked = True
         try:
             if self._event.is_set():
-                return nothing
+                return None
             return claim(client)
         finally:
             self._blocked = False
-
-    def pending(self) -> bool:
-        """Whether a job was announced and not taken yet (``take`` forgets it)."""
-        return self._event.is_set()
 
     def _blocking_client(self) -> Redis:
         """One connection of the process's pool, held for the blocking claims; a connect callback reads its
